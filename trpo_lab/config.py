@@ -1,0 +1,192 @@
+"""Typed configuration: the dataclasses behind `conf/`, and their validation.
+
+Each YAML group in `conf/` (env, network, trpo, trainer, logger) is typed by one
+dataclass here, registered in Hydra's ConfigStore as that group's schema, so a
+mistyped key or a string where a number belongs is rejected by Hydra itself.
+`validate` checks the ranges a type cannot express, before any environment is
+built. Derived sizes live in `steps_per_env` and friends, never as stored fields.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from trpo_lab.policies import ACTIVATIONS
+
+
+class ConfigError(ValueError):
+    """A config value outside what trpo_lab accepts; the message names the key."""
+
+
+@dataclass
+class EnvConfig:
+    id: str = MISSING
+    # Keyword arguments for gymnasium.make (for example `{frame_skip: 4}`).
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # None keeps the task's own time limit.
+    max_episode_steps: Optional[int] = None
+
+
+@dataclass
+class NetworkConfig:
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    # Initial log standard deviation of the Gaussian policy (Box actions only).
+    log_std_init: float = 0.0
+    # Orthogonal initialisation (gain sqrt(2) hidden, 0.01 policy head, 1 value head).
+    ortho_init: bool = True
+
+
+@dataclass
+class TRPOConfig:
+    delta: float = 0.01
+    cg_iters: int = 25
+    cg_damping: float = 0.1
+    gae_lambda: float = 0.95
+    gamma: float = 0.99
+    backtrack_iters: int = 10
+    backtrack_coeff: float = 0.8
+    normalize_advantages: bool = True
+    # Running mean/std of observations, saved with the policy.
+    normalize_obs: bool = True
+    # Divide rewards by the running standard deviation of the discounted return.
+    normalize_reward: bool = True
+    # Value function fit (Adam on minibatches of the GAE returns).
+    value_lr: float = 1e-3
+    value_epochs: int = 20
+    value_minibatch: int = 128
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 1_000_000
+    # Environment steps per TRPO update, summed over the n_envs environments.
+    steps_per_iter: int = 2048
+    n_envs: int = 2
+    # "sync": all environments in this process; "subproc": one process per worker.
+    vec_env: str = "sync"
+    seed: int = 0
+    # Evaluate every this many iterations (0: only at the end of the run).
+    eval_every: int = 25
+    eval_episodes: int = 10
+    # torch intra-op threads; 1 is fastest for these small networks.
+    threads: int = 1
+    # Save a checkpoint every this many iterations (the last one is always saved).
+    checkpoint_every: int = 10
+    # Summary field returned to the sweeper: eval_return, best_eval_return or
+    # train_return_last10.
+    objective: str = "eval_return"
+    # Show a progress bar when the terminal is interactive.
+    progress: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str = "trpo_lab"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    name: Optional[str] = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """Register the root dataclass; conf/config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+VEC_ENVS = ("sync", "subproc")
+WANDB_MODES = ("offline", "online", "disabled")
+OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
+
+
+def to_config(cfg: DictConfig | Config) -> Config:
+    """The typed object behind a composed DictConfig (extra top-level nodes dropped)."""
+    if isinstance(cfg, Config):
+        return cfg
+    known = {k: cfg[k] for k in ("env", "network", "trpo", "trainer", "logger") if k in cfg}
+    merged = OmegaConf.merge(OmegaConf.structured(Config), known)
+    return OmegaConf.to_object(merged)
+
+
+def steps_per_env(trainer: TrainerConfig) -> int:
+    """Rollout length T of each environment in one iteration."""
+    return trainer.steps_per_iter // trainer.n_envs
+
+
+def num_iterations(trainer: TrainerConfig) -> int:
+    """Updates needed to reach total_steps (the last batch may overshoot)."""
+    return max(1, math.ceil(trainer.total_steps / trainer.steps_per_iter))
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first key whose value is out of range."""
+
+    def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+    t = cfg.trpo
+    check(t.delta > 0 and math.isfinite(t.delta), "trpo.delta", t.delta, "must be a finite number > 0")
+    check(t.cg_iters >= 1, "trpo.cg_iters", t.cg_iters, "must be an integer >= 1")
+    check(t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be >= 0")
+    check(0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
+    check(0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
+    check(t.backtrack_iters >= 1, "trpo.backtrack_iters", t.backtrack_iters, "must be an integer >= 1")
+    check(0 < t.backtrack_coeff < 1, "trpo.backtrack_coeff", t.backtrack_coeff, "must be in (0, 1)")
+    check(t.value_lr > 0, "trpo.value_lr", t.value_lr, "must be > 0")
+    check(t.value_epochs >= 0, "trpo.value_epochs", t.value_epochs, "must be an integer >= 0")
+    check(t.value_minibatch >= 1, "trpo.value_minibatch", t.value_minibatch, "must be an integer >= 1")
+
+    n = cfg.network
+    check(len(n.hidden) >= 1 and all(w >= 1 for w in n.hidden), "network.hidden", n.hidden,
+          "must be a non-empty list of widths >= 1")
+    check(n.activation in ACTIVATIONS, "network.activation", n.activation, f"must be one of {ACTIVATIONS}")
+
+    r = cfg.trainer
+    check(r.total_steps >= 1, "trainer.total_steps", r.total_steps, "must be >= 1")
+    check(r.n_envs >= 1, "trainer.n_envs", r.n_envs, "must be >= 1")
+    check(r.steps_per_iter >= r.n_envs and r.steps_per_iter % r.n_envs == 0, "trainer.steps_per_iter",
+          r.steps_per_iter, f"must be a positive multiple of trainer.n_envs={r.n_envs}")
+    check(r.vec_env in VEC_ENVS, "trainer.vec_env", r.vec_env, f"must be one of {VEC_ENVS}")
+    check(r.eval_every >= 0, "trainer.eval_every", r.eval_every, "must be >= 0 (0: evaluate at the end only)")
+    check(r.eval_episodes >= 1, "trainer.eval_episodes", r.eval_episodes, "must be >= 1")
+    check(r.threads >= 1, "trainer.threads", r.threads, "must be >= 1")
+    check(r.checkpoint_every >= 1, "trainer.checkpoint_every", r.checkpoint_every, "must be >= 1")
+    check(r.objective in OBJECTIVES, "trainer.objective", r.objective, f"must be one of {OBJECTIVES}")
+
+    w = cfg.logger.wandb
+    check(w.mode in WANDB_MODES, "logger.wandb.mode", w.mode, f"must be one of {WANDB_MODES}")
+
+    e = cfg.env
+    check(e.max_episode_steps is None or e.max_episode_steps >= 1, "env.max_episode_steps",
+          e.max_episode_steps, "must be null or >= 1")
+    _check_env_id(e.id)
+
+
+def _check_env_id(env_id: str) -> None:
+    import gymnasium as gym
+
+    try:
+        gym.spec(env_id)
+    except Exception as err:  # gymnasium raises several error types for unknown ids
+        hint = str(err).split("\n")[0]
+        raise ConfigError(f"env.id={env_id!r} is not a registered gymnasium environment ({hint})") from None

@@ -1,0 +1,251 @@
+"""Environments: construction, vectorisation, and running normalisation.
+
+`SyncVecEnv` steps N gymnasium environments in this process; `SubprocVecEnv`
+steps each in a worker process. Both reset an environment as soon as its
+episode ends and hand back the final observation of that episode separately,
+so the trainer can bootstrap episodes cut by a time limit with V(s_final).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from trpo_lab.config import EnvConfig
+
+
+class EnvError(RuntimeError):
+    """The environment cannot be used by trpo_lab (space type, construction failure)."""
+
+
+def make_env(cfg: EnvConfig) -> gym.Env:
+    kwargs = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    try:
+        env = gym.make(cfg.id, **kwargs)
+    except Exception as err:
+        raise EnvError(f"could not build env.id={cfg.id!r}: {err}") from err
+    if not isinstance(env.observation_space, gym.spaces.Box):
+        raise EnvError(f"env.id={cfg.id!r} has observation space {env.observation_space}; "
+                       "trpo_lab needs a Box (vector) observation")
+    if not isinstance(env.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
+        raise EnvError(f"env.id={cfg.id!r} has action space {env.action_space}; "
+                       "trpo_lab handles Box and Discrete")
+    return env
+
+
+@dataclass
+class StepResult:
+    """One step of N environments. Arrays have leading dimension N."""
+
+    obs: np.ndarray          # next observations; after an episode end, the reset observation
+    rewards: np.ndarray      # float64 [N], as the environment gave them
+    terminated: np.ndarray   # bool [N], true terminal states (no bootstrapping)
+    truncated: np.ndarray    # bool [N], cut by a time limit (bootstrap from final_obs)
+    final_obs: dict[int, np.ndarray] = field(default_factory=dict)  # env index -> last observation
+    episodes: list[tuple[float, int]] = field(default_factory=list)  # finished (return, length)
+
+
+class _EpisodeTracker:
+    def __init__(self, n: int):
+        self.returns = np.zeros(n)
+        self.lengths = np.zeros(n, dtype=np.int64)
+
+    def add(self, rewards: np.ndarray, ended: np.ndarray) -> list[tuple[float, int]]:
+        self.returns += rewards
+        self.lengths += 1
+        finished = []
+        for i in np.flatnonzero(ended):
+            finished.append((float(self.returns[i]), int(self.lengths[i])))
+            self.returns[i] = 0.0
+            self.lengths[i] = 0
+        return finished
+
+
+def _step_one(env: gym.Env, action) -> tuple[np.ndarray, float, bool, bool, np.ndarray | None]:
+    obs, reward, terminated, truncated, _ = env.step(action)
+    final = None
+    if terminated or truncated:
+        final = obs
+        obs, _ = env.reset()
+    return obs, reward, terminated, truncated, final
+
+
+class SyncVecEnv:
+    """N environments stepped one after another in this process."""
+
+    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
+        self.envs = [make_env(cfg) for _ in range(n_envs)]
+        self.num_envs = n_envs
+        self.seed = seed
+        self.observation_space = self.envs[0].observation_space
+        self.action_space = self.envs[0].action_space
+        self._tracker = _EpisodeTracker(n_envs)
+
+    def reset(self) -> np.ndarray:
+        obs = []
+        for i, env in enumerate(self.envs):
+            env.action_space.seed(self.seed + i)
+            obs.append(env.reset(seed=self.seed + i)[0])
+        return np.asarray(obs, dtype=np.float64)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        results = [_step_one(env, a) for env, a in zip(self.envs, actions)]
+        return self._collect(results)
+
+    def _collect(self, results) -> StepResult:
+        obs, rewards, terminated, truncated, finals = zip(*results)
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        final_obs = {i: np.asarray(f, dtype=np.float64) for i, f in enumerate(finals) if f is not None}
+        episodes = self._tracker.add(rewards, terminated | truncated)
+        return StepResult(np.asarray(obs, dtype=np.float64), rewards, terminated, truncated, final_obs, episodes)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
+    parent_remote.close()
+    env = make_env(cfg)
+    try:
+        while True:
+            cmd, data = remote.recv()
+            if cmd == "step":
+                remote.send(_step_one(env, data))
+            elif cmd == "reset":
+                env.action_space.seed(data)
+                remote.send(env.reset(seed=data)[0])
+            elif cmd == "close":
+                break
+    except (KeyboardInterrupt, EOFError):
+        pass
+    finally:
+        env.close()
+        remote.close()
+
+
+class SubprocVecEnv(SyncVecEnv):
+    """N environments, each stepped in its own worker process, all at once."""
+
+    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
+        probe = make_env(cfg)  # fail here, with a clear message, rather than in a worker
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.num_envs = n_envs
+        self.seed = seed
+        self._tracker = _EpisodeTracker(n_envs)
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self.remotes, self.processes = [], []
+        for _ in range(n_envs):
+            remote, work_remote = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg), daemon=True)
+            proc.start()
+            work_remote.close()
+            self.remotes.append(remote)
+            self.processes.append(proc)
+
+    def reset(self) -> np.ndarray:
+        for i, remote in enumerate(self.remotes):
+            remote.send(("reset", self.seed + i))
+        return np.asarray([remote.recv() for remote in self.remotes], dtype=np.float64)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        for remote, a in zip(self.remotes, actions):
+            remote.send(("step", a))
+        return self._collect([remote.recv() for remote in self.remotes])
+
+    def close(self) -> None:
+        for remote in self.remotes:
+            try:
+                remote.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.processes:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def make_vec_env(cfg: EnvConfig, n_envs: int, seed: int, kind: str = "sync") -> SyncVecEnv:
+    return (SubprocVecEnv if kind == "subproc" else SyncVecEnv)(cfg, n_envs, seed)
+
+
+class RunningMeanStd:
+    """Running mean and variance over batches (Chan et al. parallel update), float64."""
+
+    def __init__(self, shape: tuple[int, ...] = ()):
+        self.mean = np.zeros(shape)
+        self.var = np.ones(shape)
+        self.count = 1e-4
+
+    def update(self, batch: np.ndarray) -> None:
+        batch_mean, batch_var, n = batch.mean(0), batch.var(0), batch.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
+
+
+class ObsNormalizer:
+    """(obs - running mean) / running std, clipped; part of the policy's state."""
+
+    def __init__(self, shape: tuple[int, ...], enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
+        self.rms = RunningMeanStd(shape)
+        self.enabled, self.clip, self.eps = enabled, clip, eps
+
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        if not self.enabled:
+            return obs
+        if update:
+            self.rms.update(obs)
+        return np.clip((obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "clip": self.clip, **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.enabled, self.clip = bool(state["enabled"]), float(state["clip"])
+        self.rms.load_state_dict(state)
+
+
+class RewardScaler:
+    """Divides rewards by the running std of each environment's discounted return."""
+
+    def __init__(self, n_envs: int, gamma: float, enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
+        self.rms = RunningMeanStd(())
+        self.returns = np.zeros(n_envs)
+        self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
+
+    def __call__(self, rewards: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
+        if not self.enabled:
+            return rewards
+        self.returns = self.returns * self.gamma + rewards
+        self.rms.update(self.returns)
+        self.returns[episode_ends] = 0.0
+        return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+
+    @property
+    def scale(self) -> float:
+        """Factor from environment rewards to the rewards the value net is fitted on."""
+        return 1.0 / float(np.sqrt(self.rms.var + self.eps)) if self.enabled else 1.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": self.returns.copy(), **self.rms.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns = np.array(state["returns"])
+        self.rms.load_state_dict(state)

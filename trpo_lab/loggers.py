@@ -1,0 +1,140 @@
+"""Where a run's numbers go: metrics.jsonl, summary.json, wandb and the progress bar.
+
+Only the trainer talks to `RunLogger`; the TRPO update returns stats and never logs.
+The local files are written first and never depend on wandb: a missing or
+crashing wandb costs the wandb copy, not the metrics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from trpo_lab import metrics as M
+from trpo_lab.config import Config, WandbConfig
+
+log = logging.getLogger(__name__)
+
+
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as dotted keys ({'trpo.delta': 0.01, ...}), filterable in wandb."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; a missing value reads as null
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class WandbRun:
+    """One wandb run for one job; every failure inside wandb is reported once and swallowed."""
+
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], name: str):
+        self.run = None
+        if cfg.mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
+                name=cfg.name or name, mode=cfg.mode, dir=str(run_dir), config=config,
+                reinit="finish_previous",
+            )
+            self.run.define_metric(M.ENV_STEPS)
+            self.run.define_metric("*", step_metric=M.ENV_STEPS)
+        except Exception as err:  # wandb must never take the local results down with it
+            self._fail("start", err)
+
+    def _fail(self, what: str, err: Exception) -> None:
+        log.warning("wandb could not %s (%s); local metrics.jsonl and summary.json are unaffected", what, err)
+        self.run = None
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.run is not None:
+            try:
+                self.run.log(row)
+            except Exception as err:
+                self._fail("log", err)
+
+    def finish(self, summary: dict[str, Any], failed: bool) -> None:
+        if self.run is not None:
+            try:
+                self.run.summary.update({k: _jsonable(v) for k, v in summary.items()})
+                self.run.finish(exit_code=1 if failed else 0)
+            except Exception as err:
+                self._fail("finish", err)
+
+
+class ProgressBar:
+    """A tqdm bar on an interactive terminal; silent in logs and pipes."""
+
+    def __init__(self, total: int, enabled: bool, initial: int = 0):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
+
+    def update(self, env_steps: int, row: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(env_steps - self.bar.n)
+        ret = row.get(M.EP_RETURN)
+        self.bar.set_postfix({"steps/s": f"{row[M.STEPS_PER_S]:.0f}",
+                              "return": "-" if ret is None or not math.isfinite(ret) else f"{ret:.1f}"},
+                             refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RunLogger:
+    """metrics.jsonl (one row per iteration), wandb, the progress bar, and summary.json."""
+
+    def __init__(self, cfg: Config, run_dir: Path, total_steps: int, run_name: str, initial_steps: int = 0):
+        self.run_dir = run_dir
+        self.metrics_file = open(run_dir / "metrics.jsonl", "a")
+        self.wandb = WandbRun(cfg.logger.wandb, run_dir, flat_config(cfg), run_name)
+        self.progress = ProgressBar(total_steps, cfg.trainer.progress, initial_steps)
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        self.metrics_file.flush()
+        self.wandb.log(row)
+        self.progress.update(row[M.ENV_STEPS], row)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.progress.close()
+        self.metrics_file.close()
+        write_json_atomic(self.run_dir / "summary.json", summary)
+        self.wandb.finish(summary, failed=summary["status"] in ("failed", "interrupted"))

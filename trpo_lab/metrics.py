@@ -1,0 +1,39 @@
+"""Metric and summary names: defined once, used by the trainer, loggers, sweeper and reports.
+
+These strings are a contract (shared/DESIGN.md): `metrics.jsonl`, wandb and
+`summary.json` use them verbatim, and sweeps read `summary.json` fields.
+"""
+
+# Always present in every metrics.jsonl row.
+ITERATION = "iteration"
+ENV_STEPS = "env_steps"
+WALL_TIME = "wall_time_s"
+
+EP_RETURN = "rollout/ep_return_mean"
+EP_LEN = "rollout/ep_len_mean"
+KL = "train/kl"
+SURROGATE_GAIN = "train/surrogate_gain"
+LINE_SEARCH_STEPS = "train/line_search_steps"
+LINE_SEARCH_SUCCESS = "train/line_search_success"
+STEP_FRACTION = "train/step_fraction"
+CG_RESIDUAL = "train/cg_residual"
+ENTROPY = "train/entropy"
+VALUE_LOSS = "train/value_loss"
+EXPLAINED_VARIANCE = "train/explained_variance"
+STEPS_PER_S = "time/steps_per_s"
+EVAL_RETURN = "eval/return_mean"
+EVAL_RETURN_STD = "eval/return_std"
+
+# Every iteration writes these (EVAL_* only on evaluating iterations).
+PER_ITERATION = (
+    ITERATION, ENV_STEPS, WALL_TIME, EP_RETURN, EP_LEN, KL, SURROGATE_GAIN,
+    LINE_SEARCH_STEPS, LINE_SEARCH_SUCCESS, STEP_FRACTION, CG_RESIDUAL, ENTROPY,
+    VALUE_LOSS, EXPLAINED_VARIANCE, STEPS_PER_S,
+)
+
+# summary.json fields.
+SUMMARY_FIELDS = (
+    "env_id", "env_steps", "iterations", "wall_time_s", "steps_per_s", "train_return_last10",
+    "eval_return", "best_eval_return", "objective", "status",
+)
+STATUSES = ("completed", "failed", "pruned", "interrupted")

@@ -1,0 +1,339 @@
+"""The training loop: collect -> advantages -> trpo_update -> fit_value -> log -> checkpoint.
+
+`train` runs one composed config to its end, whatever the ending, and returns
+the summary that `summary.json` also holds. Sweeps hook in through `on_eval`,
+called with (env_steps, eval_return) after each periodic evaluation; returning
+True stops the run as pruned.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from trpo_lab import metrics as M
+from trpo_lab.checkpoint import save_checkpoint
+from trpo_lab.config import Config, num_iterations, steps_per_env, validate
+from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
+from trpo_lab.loggers import RunLogger
+from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
+from trpo_lab.trpo import UpdateStats, gae, trpo_update
+
+log = logging.getLogger(__name__)
+
+EvalHook = Callable[[int, float], bool]
+
+
+class DivergedError(RuntimeError):
+    """Training produced non-finite numbers (environment output, losses or parameters)."""
+
+
+class PruneRequested(Exception):
+    """Raised inside the loop when the evaluation hook asks the run to stop."""
+
+
+@dataclass
+class Agent:
+    """Everything learned: the policy with its observation normaliser, and the critic."""
+
+    policy: Policy
+    value: ValueNet
+    value_optimizer: torch.optim.Optimizer
+    obs_norm: ObsNormalizer
+    reward_scaler: RewardScaler
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "value": self.value.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "obs_norm": self.obs_norm.state_dict(),
+            "reward_scaler": self.reward_scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.value.load_state_dict(state["value"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.obs_norm.load_state_dict(state["obs_norm"])
+        self.reward_scaler.load_state_dict(state["reward_scaler"])
+
+
+def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Space) -> Agent:
+    obs_dim = int(np.prod(observation_space.shape))
+    net = cfg.network
+    policy = make_policy(obs_dim, action_space, list(net.hidden), net.activation, net.log_std_init, net.ortho_init)
+    value = ValueNet(obs_dim, list(net.hidden), net.activation, net.ortho_init)
+    return Agent(
+        policy=policy,
+        value=value,
+        value_optimizer=torch.optim.Adam(value.parameters(), lr=cfg.trpo.value_lr),
+        obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
+        reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
+    )
+
+
+@dataclass
+class Rollout:
+    """One iteration's batch, [T, N] leading dimensions (T steps of N environments)."""
+
+    obs: np.ndarray            # float32 [T, N, obs_dim], normalised as the policy saw them
+    actions: np.ndarray        # float32 [T, N, act_dim] or int64 [T, N]
+    behaviour_logp: np.ndarray  # float64 [T, N], log beta(a|s) at collection time
+    rewards: np.ndarray        # float64 [T, N], scaled rewards
+    terminated: np.ndarray     # bool [T, N]
+    episode_ends: np.ndarray   # bool [T, N], terminated or truncated
+    last_obs: np.ndarray | None = None  # float32 [N, obs_dim], normalised s_T
+    # (t, env, normalised final observation) of episodes cut by a time limit
+    truncations: list[tuple[int, int, np.ndarray]] | None = None
+
+    @classmethod
+    def allocate(cls, T: int, N: int, obs_dim: int, action_space: gym.Space) -> "Rollout":
+        if isinstance(action_space, gym.spaces.Discrete):
+            actions = np.zeros((T, N), dtype=np.int64)
+        else:
+            actions = np.zeros((T, N, int(np.prod(action_space.shape))), dtype=np.float32)
+        return cls(
+            obs=np.zeros((T, N, obs_dim), dtype=np.float32), actions=actions,
+            behaviour_logp=np.zeros((T, N)), rewards=np.zeros((T, N)),
+            terminated=np.zeros((T, N), dtype=bool), episode_ends=np.zeros((T, N), dtype=bool),
+        )
+
+
+def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, rollout: Rollout,
+            rng: np.random.Generator, episodes: deque) -> np.ndarray:
+    """Fill `rollout` by acting with `actor`; returns the observation to continue from."""
+    box = isinstance(venv.action_space, gym.spaces.Box)
+    low, high = (venv.action_space.low, venv.action_space.high) if box else (None, None)
+    rollout.truncations = []
+    for t in range(rollout.obs.shape[0]):
+        obs_n = agent.obs_norm(obs, update=True)
+        actions, logp = actor.sample(obs_n, rng)
+        step = venv.step(np.clip(actions, low, high) if box else actions)
+        if not (np.isfinite(step.obs).all() and np.isfinite(step.rewards).all()):
+            raise DivergedError("the environment returned a non-finite observation or reward")
+        ends = step.terminated | step.truncated
+        rollout.obs[t] = obs_n
+        rollout.actions[t] = actions
+        rollout.behaviour_logp[t] = logp
+        rollout.rewards[t] = agent.reward_scaler(step.rewards, ends)
+        rollout.terminated[t] = step.terminated
+        rollout.episode_ends[t] = ends
+        for i, final in step.final_obs.items():
+            if step.truncated[i] and not step.terminated[i]:
+                if not np.isfinite(final).all():
+                    raise DivergedError("the environment returned a non-finite observation")
+                rollout.truncations.append((t, i, agent.obs_norm(final[None])[0]))
+        episodes.extend(step.episodes)
+        obs = step.obs
+    rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
+    return obs
+
+
+def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam: float
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(advantages, returns, values), each float32 [T, N]; returns = advantages + values."""
+    T, N = rollout.rewards.shape
+    with torch.no_grad():
+        values = value(torch.from_numpy(rollout.obs.reshape(T * N, -1))).numpy().reshape(T, N)
+        last_values = value(torch.from_numpy(rollout.last_obs)).numpy()
+        finals = [f for _, _, f in rollout.truncations]
+        final_values = value(torch.from_numpy(np.asarray(finals, dtype=np.float32))).numpy() if finals else []
+    next_values = np.empty_like(values)
+    next_values[:-1] = values[1:]
+    next_values[-1] = last_values
+    next_values[rollout.episode_ends] = 0.0  # true terminations and (for now) truncations
+    for (t, i, _), v in zip(rollout.truncations, final_values):
+        next_values[t, i] = v  # bootstrap the time-limit cut with V(s_final)
+    adv = gae(rollout.rewards.astype(np.float32), values, next_values,
+              rollout.episode_ends.astype(np.float32), gamma, lam)
+    return adv, adv + values, values
+
+
+def fit_value(agent: Agent, obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch: int,
+              generator: torch.Generator) -> float:
+    """Regress V(s) on the returns with Adam; returns the mean minibatch MSE."""
+    losses = []
+    n = obs.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        for start in range(0, n, minibatch):
+            idx = perm[start:start + minibatch]
+            loss = torch.mean((agent.value(obs[idx]) - returns[idx]) ** 2)
+            agent.value_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            agent.value_optimizer.step()
+            losses.append(loss.detach())
+    return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
+             ) -> tuple[float, float]:
+    """Mean and std of the deterministic policy's return over `episodes` episodes."""
+    env = make_env(env_cfg)
+    box = isinstance(env.action_space, gym.spaces.Box)
+    returns = []
+    try:
+        for ep in range(episodes):
+            obs, _ = env.reset(seed=seed + ep)
+            total, done = 0.0, False
+            while not done:
+                action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
+                if box:
+                    action = np.clip(action, env.action_space.low, env.action_space.high)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def explained_variance(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """1 - Var(targets - predictions) / Var(targets); nan when the targets are constant."""
+    var = np.var(targets)
+    return float("nan") if var == 0 else float(1.0 - np.var(targets - predictions) / var)
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dict[str, Any]:
+    """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tc, pc = cfg.trainer, cfg.trpo
+    torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    generator = torch.Generator().manual_seed(tc.seed)
+
+    venv = make_vec_env(cfg.env, tc.n_envs, tc.seed, tc.vec_env)
+    agent = build_agent(cfg, venv.observation_space, venv.action_space)
+    T, N = steps_per_env(tc), tc.n_envs
+    rollout = Rollout.allocate(T, N, agent.policy.net[0].in_features, venv.action_space)
+    episodes: deque = deque(maxlen=100)
+    logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}")
+
+    iteration, env_steps = 0, 0
+    train_time, eval_return, best_eval = 0.0, float("nan"), float("-inf")
+    status, error = "failed", None
+    start = time.perf_counter()
+    log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
+    try:
+        obs = venv.reset()
+        for iteration in range(1, num_iterations(tc) + 1):
+            t0 = time.perf_counter()
+            actor = agent.policy.numpy_actor()
+            obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
+            env_steps += T * N
+
+            adv, returns, values = advantages_and_returns(rollout, agent.value, pc.gamma, pc.gae_lambda)
+            flat_adv = adv.reshape(-1)
+            if pc.normalize_advantages:
+                flat_adv = (flat_adv - flat_adv.mean()) / (flat_adv.std() + 1e-8)
+            obs_t = torch.from_numpy(rollout.obs.reshape(T * N, -1))
+            actions_t = torch.from_numpy(rollout.actions.reshape(T * N, *rollout.actions.shape[2:]))
+            stats: UpdateStats = trpo_update(
+                agent.policy, obs_t, actions_t,
+                torch.from_numpy(rollout.behaviour_logp.reshape(-1).astype(np.float32)),
+                torch.from_numpy(flat_adv.astype(np.float32)),
+                pc.delta, pc.cg_iters, pc.cg_damping, pc.backtrack_iters, pc.backtrack_coeff,
+            )
+            value_loss = fit_value(agent, obs_t, torch.from_numpy(returns.reshape(-1)),
+                                   pc.value_epochs, pc.value_minibatch, generator)
+            if not math.isfinite(value_loss) and pc.value_epochs > 0:
+                raise DivergedError(f"value loss became {value_loss}")
+            if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
+                raise DivergedError("policy parameters became non-finite")
+            iter_time = time.perf_counter() - t0
+            train_time += iter_time
+
+            if not stats.line_search_success:
+                log.debug("iteration %d: line search found no acceptable step; policy kept", iteration)
+            ep_returns = [r for r, _ in episodes]
+            row = {
+                M.ITERATION: iteration,
+                M.ENV_STEPS: env_steps,
+                M.WALL_TIME: time.perf_counter() - start,
+                M.EP_RETURN: _mean(ep_returns),
+                M.EP_LEN: _mean([n for _, n in episodes]),
+                M.KL: stats.kl,
+                M.SURROGATE_GAIN: stats.surrogate_gain,
+                M.LINE_SEARCH_STEPS: stats.line_search_steps,
+                M.LINE_SEARCH_SUCCESS: int(stats.line_search_success),
+                M.STEP_FRACTION: stats.step_fraction,
+                M.CG_RESIDUAL: stats.cg_residual,
+                M.ENTROPY: stats.entropy,
+                M.VALUE_LOSS: value_loss,
+                M.EXPLAINED_VARIANCE: explained_variance(values.reshape(-1), returns.reshape(-1)),
+                M.STEPS_PER_S: T * N / iter_time,
+            }
+            last = iteration == num_iterations(tc)
+            prune = False
+            if tc.eval_every and iteration % tc.eval_every == 0 and not last:
+                eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
+                                                 tc.eval_episodes, tc.seed + 10_000)
+                best_eval = max(best_eval, eval_return)
+                row[M.EVAL_RETURN], row[M.EVAL_RETURN_STD] = eval_return, eval_std
+                prune = on_eval is not None and on_eval(env_steps, eval_return)
+            logger.log(row)
+            if iteration % tc.checkpoint_every == 0 or last:
+                save_checkpoint(run_dir, _checkpoint_state(cfg, agent, iteration, env_steps))
+            if prune:
+                raise PruneRequested
+
+        eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
+                                         tc.eval_episodes, tc.seed + 10_000)
+        best_eval = max(best_eval, eval_return)
+        status = "completed"
+        log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
+    except PruneRequested:
+        status = "pruned"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (KeyboardInterrupt)"
+        raise
+    except Exception as err:
+        status, error = "failed", f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        venv.close()
+        ep_returns = [r for r, _ in episodes]
+        summary = {
+            "env_id": cfg.env.id,
+            "env_steps": env_steps,
+            "iterations": iteration,
+            "wall_time_s": time.perf_counter() - start,
+            "steps_per_s": env_steps / train_time if train_time > 0 else 0.0,
+            "train_return_last10": _mean(ep_returns[-10:]),
+            "eval_return": eval_return,
+            "best_eval_return": best_eval if math.isfinite(best_eval) else float("nan"),
+            "status": status,
+        }
+        summary["objective"] = summary[tc.objective]
+        if error is not None:
+            summary["error"] = error
+        logger.finish(summary)
+    return summary
+
+
+def _checkpoint_state(cfg: Config, agent: Agent, iteration: int, env_steps: int) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return {
+        "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        "agent": agent.state_dict(),
+        "iteration": iteration,
+        "env_steps": env_steps,
+    }
