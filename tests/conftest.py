@@ -1,0 +1,42 @@
+"""Shared test helpers: run the CLI in a subprocess against this checkout's code."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Keep wandb quiet and local in every test, whatever the developer's machine says.
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HYDRA_FULL_ERROR"] = "0"
+    env.pop("HYDRA_FULL_ERROR")
+    return env
+
+
+def run_cli(*overrides: str, cwd: Path, timeout: float = 300, module: str = "trpo_lab"
+            ) -> subprocess.CompletedProcess:
+    """`python -m trpo_lab OVERRIDES...` in `cwd`; returns the completed process (text mode)."""
+    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def fast_overrides() -> list[str]:
+    """A CartPole run of a few seconds with wandb off."""
+    return ["env=cartpole", "trainer.total_steps=2048", "trainer.steps_per_iter=512",
+            "trainer.eval_episodes=2", "logger=none"]
