@@ -19,8 +19,7 @@ os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["HYDRA_FULL_ERROR"] = "0"
-    env.pop("HYDRA_FULL_ERROR")
+    env.pop("HYDRA_FULL_ERROR", None)  # the user's view: Hydra's short error messages
     return env
 
 
