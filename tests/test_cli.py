@@ -1,0 +1,75 @@
+"""Tier 3: the command line in a subprocess, as a user runs it, from a foreign directory."""
+import json
+
+import pytest
+
+from conftest import read_jsonl, run_cli
+from trpo_lab import metrics as M
+
+
+def test_run_leaves_design_outputs(tmp_path, fast_overrides):
+    out = tmp_path / "run"
+    proc = run_cli(*fast_overrides, "trainer.eval_every=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout  # says where its outputs are
+
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r[M.ITERATION] for r in rows] == [1, 2, 3, 4]
+    assert [r[M.ENV_STEPS] for r in rows] == [512, 1024, 1536, 2048]
+    for row in rows:
+        assert set(M.PER_ITERATION) <= set(row), set(M.PER_ITERATION) - set(row)
+    assert M.EVAL_RETURN in rows[1] and M.EVAL_RETURN not in rows[0]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(M.SUMMARY_FIELDS) <= set(summary)
+    assert summary["status"] == "completed"
+    assert summary["env_id"] == "CartPole-v1" and summary["env_steps"] == 2048 and summary["iterations"] == 4
+    assert summary["objective"] == summary["eval_return"] > 0
+    assert summary["best_eval_return"] >= summary["eval_return"]
+    assert (out / "checkpoints" / "last.pt").is_file()
+    assert (out / ".hydra" / "config.yaml").is_file()
+    assert not (out / "wandb").exists()  # logger=none imports no wandb
+
+
+def test_default_output_dir_is_under_cwd(tmp_path, fast_overrides):
+    proc = run_cli(*fast_overrides, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    [summary] = list((tmp_path / "outputs").glob("CartPole-v1/*/summary.json"))
+    assert json.loads(summary.read_text())["status"] == "completed"
+
+
+def test_subprocess_vector_env_runs(tmp_path, fast_overrides):
+    out = tmp_path / "run"
+    proc = run_cli(*fast_overrides, "trainer.vec_env=subproc", "trainer.n_envs=2", f"hydra.run.dir={out}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "summary.json").read_text())["env_steps"] == 2048
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trpo.delta=-1", "trpo.delta=-1"),
+    ("trpo.gae_lambda=1.5", "trpo.gae_lambda=1.5"),
+    ("trainer.steps_per_iter=1001", "trainer.steps_per_iter=1001"),
+    ("env.id=NoSuchEnv-v0", "env.id='NoSuchEnv-v0'"),
+])
+def test_invalid_value_is_one_line_exit_2_and_builds_nothing(tmp_path, fast_overrides, override, needle):
+    out = tmp_path / "run"
+    proc = run_cli(*fast_overrides, override, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trpo.deltaa=0.1", "deltaa"),
+    ("trpo.cg_iters=many", "cg_iters"),
+    ("env=nosuchenv", "walker"),  # lists the available options
+])
+def test_hydra_level_typos_fail_without_traceback(tmp_path, fast_overrides, override, needle):
+    proc = run_cli(*fast_overrides, override, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()

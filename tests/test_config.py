@@ -1,0 +1,99 @@
+"""Tier 2: every group option composes; invalid values fail naming the key."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from trpo_lab.config import ConfigError, num_iterations, register_configs, steps_per_env, to_config, validate
+
+CONF = Path(__file__).resolve().parents[1] / "trpo_lab" / "conf"
+GROUPS = ("env", "network", "trpo", "trainer", "logger")
+
+
+def _compose(*overrides: str):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _options():
+    return [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group,option", _options(), ids=lambda x: str(x))
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = to_config(_compose(f"{group}={option}"))
+    validate(cfg)
+
+
+def test_design_env_options_exist_with_expected_ids():
+    expected = {
+        "walker": "Walker2d-v5", "hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "ant": "Ant-v5",
+        "swimmer": "Swimmer-v5", "humanoid": "Humanoid-v5", "inverted_pendulum": "InvertedPendulum-v5",
+        "inverted_double_pendulum": "InvertedDoublePendulum-v5", "reacher": "Reacher-v5",
+        "pendulum": "Pendulum-v1", "cartpole": "CartPole-v1", "acrobot": "Acrobot-v1",
+    }
+    for option, env_id in expected.items():
+        assert to_config(_compose(f"env={option}")).env.id == env_id
+
+
+def test_default_is_walker_with_design_keys():
+    cfg = to_config(_compose())
+    assert cfg.env.id == "Walker2d-v5"
+    for key in ("delta", "cg_iters", "cg_damping", "gae_lambda", "gamma", "backtrack_iters", "backtrack_coeff"):
+        assert hasattr(cfg.trpo, key)
+    for key in ("total_steps", "steps_per_iter", "n_envs", "seed", "eval_every", "eval_episodes", "threads"):
+        assert hasattr(cfg.trainer, key)
+    assert cfg.logger.wandb.mode == "offline"
+
+
+def test_env_id_takes_any_registered_gymnasium_id():
+    cfg = to_config(_compose("env.id=MountainCarContinuous-v0"))
+    validate(cfg)
+    assert cfg.env.id == "MountainCarContinuous-v0"
+
+
+def test_derived_sizes():
+    cfg = to_config(_compose("trainer.steps_per_iter=2048", "trainer.n_envs=4", "trainer.total_steps=5000"))
+    assert steps_per_env(cfg.trainer) == 512
+    assert num_iterations(cfg.trainer) == 3
+
+
+INVALID = [
+    ("trpo.delta=-0.01", "trpo.delta"),
+    ("trpo.delta=0", "trpo.delta"),
+    ("trpo.gae_lambda=1.5", "trpo.gae_lambda"),
+    ("trpo.gamma=-0.1", "trpo.gamma"),
+    ("trpo.cg_iters=0", "trpo.cg_iters"),
+    ("trpo.cg_damping=-1", "trpo.cg_damping"),
+    ("trpo.backtrack_coeff=1.0", "trpo.backtrack_coeff"),
+    ("trpo.backtrack_iters=0", "trpo.backtrack_iters"),
+    ("trainer.steps_per_iter=1000", "trainer.steps_per_iter"),  # not a multiple of n_envs=... 3
+    ("trainer.total_steps=0", "trainer.total_steps"),
+    ("trainer.vec_env=threads", "trainer.vec_env"),
+    ("trainer.objective=loss", "trainer.objective"),
+    ("network.activation=sigmoid", "network.activation"),
+    ("network.hidden=[]", "network.hidden"),
+    ("logger.wandb.mode=maybe", "logger.wandb.mode"),
+    ("env.id=NoSuchEnv-v9", "env.id"),
+]
+
+
+@pytest.mark.parametrize("override,key", INVALID, ids=[o for o, _ in INVALID])
+def test_invalid_values_raise_naming_the_key(override, key):
+    extra = ["trainer.n_envs=3"] if key == "trainer.steps_per_iter" else []
+    cfg = to_config(_compose(override, *extra))
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert message.startswith(key + "="), message
+    assert "\n" not in message
+
+
+def test_typed_schema_rejects_mistyped_key_and_wrong_type():
+    with pytest.raises(Exception, match="deltaa"):
+        _compose("trpo.deltaa=0.1")
+    with pytest.raises(Exception, match="cg_iters"):
+        _compose("trpo.cg_iters=lots")
