@@ -73,3 +73,28 @@ def test_hydra_level_typos_fail_without_traceback(tmp_path, fast_overrides, over
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_sigterm_ends_run_as_interrupted_with_summary(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "trpo_lab", "env=cartpole", "trainer.total_steps=10000000",
+                             "logger=none", f"hydra.run.dir={out}"], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    assert summary["env_steps"] > 0

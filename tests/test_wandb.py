@@ -71,3 +71,33 @@ def test_offline_run_files_hold_config_and_metrics(tmp_path):
     summaries = [r.summary for r in records if r.WhichOneof("record_type") == "summary"]
     final = {k: v for s in summaries for k, v in _items(s.update).items()}
     assert final["status"] == "completed"
+
+
+def _exit_codes(run_dir: Path) -> list[int]:
+    return [r.exit.exit_code
+            for log_file in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+            for r in read_wandb_records(log_file) if r.WhichOneof("record_type") == "exit"]
+
+
+def test_two_jobs_in_one_process_get_their_own_runs_and_a_failure_is_marked(tmp_path):
+    import gymnasium as gym
+    import pytest
+
+    from test_trainer import NaNRewardEnv
+    from trpo_lab.trainer import DivergedError
+
+    def cfg(env_id):
+        return Config(env=EnvConfig(id=env_id),
+                      trainer=TrainerConfig(total_steps=1024, steps_per_iter=512, n_envs=1, eval_episodes=1,
+                                            progress=False),
+                      logger=LoggerConfig(wandb=WandbConfig(mode="offline")))
+
+    train(cfg("CartPole-v1"), tmp_path / "ok")
+    gym.register("trpo_lab_test/NaNRewardW-v0", entry_point=NaNRewardEnv)
+    with pytest.raises(DivergedError):
+        train(cfg("trpo_lab_test/NaNRewardW-v0"), tmp_path / "bad")
+    ok_runs = list((tmp_path / "ok" / "wandb").glob("offline-run-*"))
+    bad_runs = list((tmp_path / "bad" / "wandb").glob("offline-run-*"))
+    assert len(ok_runs) == len(bad_runs) == 1 and ok_runs[0].name != bad_runs[0].name
+    assert _exit_codes(tmp_path / "ok") == [0]
+    assert _exit_codes(tmp_path / "bad") == [1]

@@ -1,12 +1,15 @@
 """The Hydra task function's body: typed config -> validated -> trained -> objective.
 
-Errors a user can cause (a bad value, an unknown env) end a single run with one
-line on stderr and exit code 2. Inside a multirun they are raised instead, so
-the sweeper records that job as failed and goes on.
+In a single run, the endings a user can cause end with one line on stderr:
+a bad value or unknown env (exit 2), a diverged run (exit 1), Ctrl-C or SIGTERM
+(exit 130); summary.json records the last three. Inside a multirun they are
+raised instead, so the sweeper records that job and goes on.
 """
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -15,24 +18,49 @@ from omegaconf import DictConfig
 
 from trpo_lab.config import ConfigError, to_config, validate
 from trpo_lab.envs import EnvError
-from trpo_lab.trainer import train
+from trpo_lab.trainer import DivergedError, train
 
 
 def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _interrupt_on_sigterm() -> None:
+    """Let SIGTERM (kill, a scheduler's time limit) end the run like Ctrl-C: summary written, wandb closed."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"trpo_lab: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def run(dict_cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = _in_multirun()
     try:
         cfg = to_config(dict_cfg)
         validate(cfg)
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = train(cfg, run_dir)
     except (ConfigError, EnvError) as err:
-        if _in_multirun():
+        if multirun:
             raise
-        print(f"trpo_lab: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {err}", 2)
+    _interrupt_on_sigterm()
+    try:
+        summary = train(cfg, run_dir)
+    except (EnvError, DivergedError) as err:
+        if multirun:
+            raise
+        _fail(f"failed: {err}; outputs in {run_dir}", 1)
+    except KeyboardInterrupt:
+        if multirun:
+            raise
+        _fail(f"interrupted; outputs in {run_dir}", 130)
     print(f"trpo_lab: {summary['status']}: eval return {summary['eval_return']:.2f}, "
           f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
     return float(summary["objective"])

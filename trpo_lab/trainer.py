@@ -301,8 +301,8 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
     except PruneRequested:
         status = "pruned"
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user (KeyboardInterrupt)"
+    except KeyboardInterrupt as err:
+        status, error = "interrupted", f"interrupted ({err or 'KeyboardInterrupt'})"
         raise
     except Exception as err:
         status, error = "failed", f"{type(err).__name__}: {err}"
