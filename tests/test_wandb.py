@@ -1,5 +1,6 @@
 """An offline wandb run holds the config, the metrics against env_steps, and the exit state."""
 import json
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -38,6 +39,16 @@ def read_wandb_records(path: Path) -> list[pb.Record]:
     return parsed
 
 
+def read_finished_run(log_file: Path, timeout: float = 30.0) -> list[pb.Record]:
+    """The records once wandb's service has written the exit record (it flushes asynchronously)."""
+    deadline = time.time() + timeout
+    while True:
+        records = read_wandb_records(log_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _items(items) -> dict:
     """wandb stores 'a/b' keys as nested_key ['a/b'] and plain keys in key."""
     return {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
@@ -51,7 +62,7 @@ def test_offline_run_files_hold_config_and_metrics(tmp_path):
     )
     train(cfg, tmp_path)
     [log_file] = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    records = read_wandb_records(log_file)
+    records = read_finished_run(log_file)
 
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.run_group == "unit-group"
@@ -76,7 +87,7 @@ def test_offline_run_files_hold_config_and_metrics(tmp_path):
 def _exit_codes(run_dir: Path) -> list[int]:
     return [r.exit.exit_code
             for log_file in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-            for r in read_wandb_records(log_file) if r.WhichOneof("record_type") == "exit"]
+            for r in read_finished_run(log_file) if r.WhichOneof("record_type") == "exit"]
 
 
 def test_two_jobs_in_one_process_get_their_own_runs_and_a_failure_is_marked(tmp_path):
