@@ -13,8 +13,11 @@ import threading
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+import os
 
 from trpo_lab.config import ConfigError, to_config, validate
 from trpo_lab.envs import EnvError
@@ -40,6 +43,26 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _check_output_dir(key: str, path: str) -> None:
+    """Exit with one line when `path` cannot become a writable directory; creates nothing."""
+    target = Path(path).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        _fail(f"error: {key}={path}: {existing} exists and is not a directory", 2)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"error: {key}={path}: {existing} is not writable", 2)
+
+
+class OutputDirCheck(Callback):
+    """Checks the output directory before Hydra creates it (its own failure is a traceback)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _check_output_dir("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _check_output_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+
+
 def run(dict_cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = _in_multirun()
@@ -53,7 +76,7 @@ def run(dict_cfg: DictConfig) -> float:
     _interrupt_on_sigterm()
     try:
         summary = train(cfg, run_dir)
-    except (EnvError, DivergedError) as err:
+    except (EnvError, DivergedError, OSError) as err:
         if multirun:
             raise
         _fail(f"failed: {err}; outputs in {run_dir}", 1)

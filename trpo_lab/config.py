@@ -144,21 +144,26 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and math.isfinite(value)
+
     t = cfg.trpo
-    check(t.delta > 0 and math.isfinite(t.delta), "trpo.delta", t.delta, "must be a finite number > 0")
+    check(number(t.delta) and t.delta > 0, "trpo.delta", t.delta, "must be a finite number > 0")
     check(t.cg_iters >= 1, "trpo.cg_iters", t.cg_iters, "must be an integer >= 1")
-    check(t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be >= 0")
-    check(0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
-    check(0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
+    check(number(t.cg_damping) and t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be a finite number >= 0")
+    check(number(t.gae_lambda) and 0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
+    check(number(t.gamma) and 0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
     check(t.backtrack_iters >= 1, "trpo.backtrack_iters", t.backtrack_iters, "must be an integer >= 1")
-    check(0 < t.backtrack_coeff < 1, "trpo.backtrack_coeff", t.backtrack_coeff, "must be in (0, 1)")
-    check(t.value_lr > 0, "trpo.value_lr", t.value_lr, "must be > 0")
+    check(number(t.backtrack_coeff) and 0 < t.backtrack_coeff < 1, "trpo.backtrack_coeff", t.backtrack_coeff,
+          "must be in (0, 1)")
+    check(number(t.value_lr) and t.value_lr > 0, "trpo.value_lr", t.value_lr, "must be a finite number > 0")
     check(t.value_epochs >= 0, "trpo.value_epochs", t.value_epochs, "must be an integer >= 0")
     check(t.value_minibatch >= 1, "trpo.value_minibatch", t.value_minibatch, "must be an integer >= 1")
 
     n = cfg.network
-    check(len(n.hidden) >= 1 and all(w >= 1 for w in n.hidden), "network.hidden", n.hidden,
-          "must be a non-empty list of widths >= 1")
+    check(number(n.log_std_init), "network.log_std_init", n.log_std_init, "must be a finite number")
+    check(len(n.hidden) >= 1 and all(1 <= w <= 65536 for w in n.hidden), "network.hidden", n.hidden,
+          "must be a non-empty list of widths in [1, 65536]")
     check(n.activation in ACTIVATIONS, "network.activation", n.activation, f"must be one of {ACTIVATIONS}")
 
     r = cfg.trainer

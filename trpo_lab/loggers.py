@@ -135,6 +135,9 @@ class RunLogger:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self.progress.close()
-        self.metrics_file.close()
+        try:
+            self.metrics_file.close()
+        except OSError as err:  # e.g. a full disk: still try to record how the run ended
+            log.error("could not finish writing metrics.jsonl: %s", err)
         write_json_atomic(self.run_dir / "summary.json", summary)
         self.wandb.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
