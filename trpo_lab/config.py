@@ -82,6 +82,10 @@ class TrainerConfig:
     objective: str = "eval_return"
     # Show a progress bar when the terminal is interactive.
     progress: bool = True
+    # auto: continue from the run directory's checkpoint if it has one (rerun with
+    # the same hydra.run.dir); never: start fresh; a path: continue that run, in
+    # that directory, with its stored config. See trpo_lab/resume.py.
+    resume: Optional[str] = "auto"
 
 
 @dataclass
