@@ -176,24 +176,33 @@ def fit_value(agent: Agent, obs: torch.Tensor, returns: torch.Tensor, epochs: in
     return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
+def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
+                frames: Optional[list] = None) -> float:
+    """Return of one deterministic episode from env.reset(seed=seed); with `frames`,
+    appends env.render() after the reset and after every step."""
+    box = isinstance(env.action_space, gym.spaces.Box)
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    if frames is not None:
+        frames.append(env.render())
+    while not done:
+        action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
+        if box:
+            action = np.clip(action, env.action_space.low, env.action_space.high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return total
+
+
 def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
              ) -> tuple[float, float]:
     """Mean and std of the deterministic policy's return over `episodes` episodes."""
     env = make_env(env_cfg)
-    box = isinstance(env.action_space, gym.spaces.Box)
-    returns = []
     try:
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
-            total, done = 0.0, False
-            while not done:
-                action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
-                if box:
-                    action = np.clip(action, env.action_space.low, env.action_space.high)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
+        returns = [run_episode(env, actor, obs_norm, seed + ep) for ep in range(episodes)]
     finally:
         env.close()
     return float(np.mean(returns)), float(np.std(returns))
