@@ -106,7 +106,7 @@ def test_auto_resume_refuses_a_different_config(tmp_path):
 
 
 def _cli(run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "trpo_lab", "env=hopper", "trainer.total_steps=5120",
+    return [sys.executable, "-m", "trpo_lab", "env=hopper", "trainer.total_steps=4096",
             "trainer.steps_per_iter=512", "trainer.checkpoint_every=2", "trainer.eval_every=3",
             "trainer.eval_episodes=1", "trpo.value_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"]
 
@@ -137,5 +137,5 @@ def test_kill_9_then_same_command_continues_exactly(tmp_path):
     assert again.returncode == 0, again.stderr
     expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     got = read_jsonl(metrics)
-    assert len(expected) == 10 and rows_at_kill >= 5
+    assert len(expected) == 8 and rows_at_kill >= 5
     assert _comparable(got) == _comparable(expected)

@@ -21,7 +21,8 @@ When a run resumes (`trainer.resume`):
            time-stamped, so a plain rerun starts a new run).
     never  start fresh; an existing metrics.jsonl in the run directory is replaced.
     PATH   continue the run in directory PATH, in that directory, with the
-           config stored in its checkpoint.
+           config stored in its checkpoint (this command's other settings are
+           ignored, with a warning).
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ from trpo_lab.config import Config, ConfigError
 log = logging.getLogger(__name__)
 
 AUTO, NEVER = "auto", "never"
-# Keys that may differ between the checkpoint's config and the resuming command.
+# Keys that may differ between the checkpoint's config and the command that resumes it
+# with trainer.resume=auto (extend a run, log it elsewhere).
 MAY_CHANGE = ("trainer.resume", "trainer.total_steps", "trainer.progress", "logger.")
 
 
@@ -62,8 +64,11 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
     if "training" not in checkpoint:
         raise ConfigError(f"trainer.resume={mode!r}: the checkpoint in {source} predates exact resume "
                           "(no training state); it can be evaluated but not resumed")
-    stored = _stored_config(checkpoint["config"], cfg)
-    differ = [k for k in _diff(_flat(stored), _flat(cfg)) if not k.startswith(MAY_CHANGE)]
+    stored = _stored_config(checkpoint["config"], cfg, keep_command=(mode == AUTO))
+    # auto: the same command again, so any other difference is a mistake; a path: the
+    # stored run's own settings win over whatever this command says.
+    may_change = MAY_CHANGE if mode == AUTO else ("trainer.resume", "trainer.progress")
+    differ = [k for k in _diff(_flat(stored), _flat(cfg)) if not k.startswith(may_change)]
     if differ and mode == AUTO:
         raise ConfigError(
             f"trainer.resume=auto: {run_dir} holds a checkpoint of a different config "
@@ -76,17 +81,20 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
     return stored, source, checkpoint
 
 
-def _stored_config(stored: dict[str, Any], current: Config) -> Config:
-    """The checkpoint's config with the keys in MAY_CHANGE taken from the current command."""
+def _stored_config(stored: dict[str, Any], current: Config, keep_command: bool) -> Config:
+    """The checkpoint's config with trainer.resume and trainer.progress from the current
+    command and, when `keep_command` (auto: the same command again), the other keys in
+    MAY_CHANGE too."""
     from omegaconf import OmegaConf
 
     from trpo_lab.config import to_config
 
     merged = to_config(OmegaConf.create(stored))
-    merged.trainer.total_steps = current.trainer.total_steps
     merged.trainer.progress = current.trainer.progress
     merged.trainer.resume = current.trainer.resume
-    merged.logger = current.logger
+    if keep_command:
+        merged.trainer.total_steps = current.trainer.total_steps
+        merged.logger = current.logger
     return merged
 
 
