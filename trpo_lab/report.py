@@ -338,6 +338,15 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _palette(configs: list[Configuration]) -> dict[int, Any]:
+    """One colour per configuration, the same in every figure (counted within its env)."""
+    out = {}
+    for group in _by_env(configs).values():
+        for colour, conf in zip(_colours(len(group)), group):
+            out[id(conf)] = colour
+    return out
+
+
 def _aligned(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(grid [G], values [S, G]): the runs' `key` on the env steps all of them reached,
     linearly interpolated onto the first run's steps."""
@@ -364,9 +373,10 @@ def learning_curves(configs: list[Configuration], figures: Figures, key: str, fi
     plt = _plt()
     envs = _by_env(configs)
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.2), squeeze=False)
-    drawn = False
+    drawn, palette = False, _palette(configs)
     for ax, (env_id, group) in zip(axes[0], envs.items()):
-        for colour, conf in zip(_colours(len(group)), group):
+        for conf in group:
+            colour = palette[id(conf)]
             runs = conf.completed
             grid, values = _aligned(runs, key)
             if len(grid) == 0:
@@ -412,15 +422,15 @@ def final_return_table(configs: list[Configuration], figures: Figures) -> str:
                          _num(float(np.max(scores)) if len(scores) else float("nan")),
                          f"{left_out} ({statuses})" if left_out else "0"])
             if len(scores):
-                plotted.append((env_id, conf.label, value, low, high))
+                plotted.append((env_id, conf.label, value, low, high, _palette(configs)[id(conf)]))
     table = _table(["env", "rank", "configuration", "seeds", "IQM", "95% CI", "mean", "min", "max",
                     "left out (status)"], rows)
     fig_html = ""
     if plotted:
         fig, ax = plt.subplots(figsize=(8, 0.45 * len(plotted) + 1.2))
         ys = np.arange(len(plotted))[::-1]
-        for y, (env_id, label, value, low, high) in zip(ys, plotted):
-            ax.errorbar(value, y, xerr=[[value - low], [high - value]], fmt="o", capsize=4)
+        for y, (env_id, label, value, low, high, colour) in zip(ys, plotted):
+            ax.errorbar(value, y, xerr=[[value - low], [high - value]], fmt="o", capsize=4, color=colour)
         ax.set_yticks(ys, [f"{e}: {lab}"[:70] for e, lab, *_ in plotted], fontsize=8)
         ax.set_xlabel("IQM of final evaluation return (95% bootstrap CI)")
         ax.grid(alpha=0.3, axis="x")
@@ -435,9 +445,10 @@ def trust_region_figure(configs: list[Configuration], figures: Figures) -> Optio
     panels = [(M.KL, "mean KL(pi_old || pi_new)"), (M.LINE_SEARCH_STEPS, "line-search steps"),
               (M.EXPLAINED_VARIANCE, "explained variance of V")]
     fig, axes = plt.subplots(len(envs), 3, figsize=(16, 3.8 * len(envs)), squeeze=False)
-    drawn = False
+    drawn, palette = False, _palette(configs)
     for row_axes, (env_id, group) in zip(axes, envs.items()):
-        for colour, conf in zip(_colours(len(group)), group):
+        for conf in group:
+            colour = palette[id(conf)]
             for ax, (key, _) in zip(row_axes, panels):
                 grid, values = _aligned(conf.completed, key)
                 if len(grid) == 0:
@@ -536,9 +547,15 @@ def _history_figure(study, trials, index: int, figures: Figures) -> str:
 def _importance_figure(study, complete, index: int, figures: Figures) -> str:
     import optuna
 
+    import warnings
+
     plt = _plt()
+    if len(complete) < 3:
+        return f"<p class='note'>Parameter importances need at least 3 completed trials ({len(complete)} so far).</p>"
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importances = optuna.importance.get_param_importances(study)
     except Exception as err:
         return f"<p class='note'>Parameter importances not computed: {html.escape(str(err))}</p>"
     if not importances:
@@ -546,7 +563,7 @@ def _importance_figure(study, complete, index: int, figures: Figures) -> str:
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(importances) + 1.2))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names])
-    ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
+    ax.set_xlabel("importance (Optuna's default evaluator, normalised to sum 1)")
     return figures.add(fig, f"fig-study{index}-importances",
                        f"{study.study_name}: parameter importances over {len(complete)} completed trials.")
 
