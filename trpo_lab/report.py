@@ -44,6 +44,9 @@ from trpo_lab import metrics as M
 IGNORED = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
            "logger.")
 BOOTSTRAP_SAMPLES = 2000
+# Curves per environment in one figure; with more configurations (a sweep's trials)
+# the best ones by final IQM are drawn and the caption says so.
+MAX_CURVES = 8
 CONFIDENCE = 0.95
 
 
@@ -347,6 +350,24 @@ def _palette(configs: list[Configuration]) -> dict[int, Any]:
     return out
 
 
+def _final_iqm(conf: Configuration) -> float:
+    scores = np.array([r.final_return for r in conf.completed])
+    scores = scores[np.isfinite(scores)]
+    return iqm(scores) if len(scores) else float("-inf")
+
+
+def _best_per_env(configs: list[Configuration]) -> tuple["OrderedDict[str, list[Configuration]]", int]:
+    """Per env, at most MAX_CURVES configurations, best final IQM first; and how many were left out."""
+    out: "OrderedDict[str, list[Configuration]]" = OrderedDict()
+    left_out = 0
+    for env_id, group in _by_env(configs).items():
+        if len(group) > MAX_CURVES:
+            left_out += len(group) - MAX_CURVES
+            group = sorted(group, key=lambda c: -_final_iqm(c))[:MAX_CURVES]
+        out[env_id] = group
+    return out, left_out
+
+
 def _aligned(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(grid [G], values [S, G]): the runs' `key` on the env steps all of them reached,
     linearly interpolated onto the first run's steps."""
@@ -371,7 +392,9 @@ def _by_env(configs: list[Configuration]) -> "OrderedDict[str, list[Configuratio
 def learning_curves(configs: list[Configuration], figures: Figures, key: str, fig_id: str, ylabel: str,
                     caption: str) -> Optional[str]:
     plt = _plt()
-    envs = _by_env(configs)
+    envs, left_out = _best_per_env(configs)
+    if left_out:
+        caption += f" Only the {MAX_CURVES} best configurations per environment (final IQM) are drawn."
     fig, axes = plt.subplots(1, len(envs), figsize=(6.5 * len(envs), 4.2), squeeze=False)
     drawn, palette = False, _palette(configs)
     for ax, (env_id, group) in zip(axes[0], envs.items()):
@@ -441,8 +464,8 @@ def final_return_table(configs: list[Configuration], figures: Figures) -> str:
 
 def trust_region_figure(configs: list[Configuration], figures: Figures) -> Optional[str]:
     plt = _plt()
-    envs = _by_env(configs)
-    panels = [(M.KL, "mean KL(pi_old || pi_new)"), (M.LINE_SEARCH_STEPS, "line-search steps"),
+    envs, left_out = _best_per_env(configs)
+    panels = [(M.KL, "mean KL(pi_old || pi_new)"), (M.LINE_SEARCH_STEPS, "line-search step sizes tried"),
               (M.EXPLAINED_VARIANCE, "explained variance of V")]
     fig, axes = plt.subplots(len(envs), 3, figsize=(16, 3.8 * len(envs)), squeeze=False)
     drawn, palette = False, _palette(configs)
@@ -468,8 +491,10 @@ def trust_region_figure(configs: list[Configuration], figures: Figures) -> Optio
         plt.close(fig)
         return None
     return figures.add(fig, "fig-trust-region", "Trust-region diagnostics, mean over seeds: achieved KL "
-                       "with each configuration's delta dashed; backtracking steps the line search took "
-                       "(backtrack_iters + 1 marks a failed search); explained variance of the value fit.")
+                       "with each configuration's delta dashed; step sizes the line search tried (1: the full "
+                       "step was accepted; a search that accepts none tries backtrack_iters and keeps the "
+                       "policy); explained variance of the value fit."
+                       + (f" Only the {MAX_CURVES} best configurations per environment are drawn." if left_out else ""))
 
 
 # ----------------------------------------------------------------------------- studies
