@@ -54,3 +54,21 @@ def test_evaluate_without_checkpoint_fails_clearly(tmp_path):
     proc = run_cli(str(tmp_path), cwd=tmp_path, module="trpo_lab.evaluate")
     assert proc.returncode == 2
     assert "no checkpoint at" in proc.stderr
+
+
+def test_evaluate_without_a_working_gl_backend_still_evaluates(tmp_path):
+    """A GL backend mujoco cannot load would make `import mujoco` itself fail: evaluate
+    probes it first, says plainly that there is no renderer, and still evaluates."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    run_dir = tmp_path / "run"
+    _train(run_dir, "Hopper-v5", max_episode_steps=20)
+    env = {**cli_env(), "MUJOCO_GL": "no-such-backend"}
+    proc = subprocess.run([sys.executable, "-m", "trpo_lab.evaluate", str(run_dir), "-n", "1"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no renderer available" in proc.stdout and "MUJOCO_GL=no-such-backend" in proc.stdout
+    assert json.loads((run_dir / "evaluation.json").read_text())["video"] is None

@@ -1,7 +1,6 @@
 """Exact resume: environment state round trips, and a killed run that continues bit for bit."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_env, read_jsonl
+from conftest import cli_env, read_jsonl
 from trpo_lab.config import EnvConfig
 from trpo_lab.envs import make_vec_env
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
 
 from conftest import read_jsonl, run_cli
 from trpo_lab import metrics as M

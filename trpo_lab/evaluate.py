@@ -7,29 +7,27 @@ numbers are also written to `RUN_DIR/evaluation.json`.
 
 With a renderer it also saves a video of the first episode under
 `RUN_DIR/videos/` (MP4 with imageio-ffmpeg, else GIF). MuJoCo tasks render
-headless through EGL (the default here) or OSMesa (`MUJOCO_GL=osmesa`);
-classic-control tasks need pygame. Without one it says so and still evaluates.
+headless through EGL or OSMesa (the first that loads, or the user's
+MUJOCO_GL); classic-control tasks need pygame. Without one it says so and
+still evaluates.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # read when mujoco is first imported: set it before
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Optional  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from trpo_lab.checkpoint import checkpoint_path, load_checkpoint  # noqa: E402
-from trpo_lab.config import Config, to_config  # noqa: E402
-from trpo_lab.envs import make_env  # noqa: E402
-from trpo_lab.loggers import write_json_atomic  # noqa: E402
-from trpo_lab.trainer import Agent, build_agent, run_episode  # noqa: E402
+from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.config import Config, to_config
+from trpo_lab.envs import make_env
+from trpo_lab.loggers import write_json_atomic
+from trpo_lab.trainer import Agent, build_agent, run_episode
 
 MAX_VIDEO_FRAMES = 1000
 VIDEO_SIZE = 240  # pixels, MuJoCo tasks (env.kwargs width/height override it)
@@ -42,6 +40,31 @@ def _is_mujoco(env_id: str) -> bool:
         return "mujoco" in str(gym.spec(env_id).entry_point)
     except Exception:
         return False
+
+
+def choose_mujoco_gl(want_video: bool) -> Optional[str]:
+    """Set MUJOCO_GL before mujoco is first imported; returns why rendering is off, or None.
+
+    mujoco reads MUJOCO_GL once, at import, and an import with a backend whose
+    library is missing fails outright (not only rendering), so each candidate
+    (the user's MUJOCO_GL, else EGL then OSMesa) is tried in a child process first.
+    Without a working one, rendering is disabled and evaluation goes on.
+    """
+    if "mujoco" in sys.modules:
+        return None  # too late to choose; rendering will say whether it works
+    if not want_video:
+        os.environ["MUJOCO_GL"] = "disable"
+        return None
+    user = os.environ.get("MUJOCO_GL")
+    for backend in [user] if user else ["egl", "osmesa"]:
+        probe = subprocess.run([sys.executable, "-c", "import mujoco"], env={**os.environ, "MUJOCO_GL": backend},
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            os.environ["MUJOCO_GL"] = backend
+            return None
+    os.environ["MUJOCO_GL"] = "disable"
+    tried = f"MUJOCO_GL={user}" if user else "MUJOCO_GL=egl and MUJOCO_GL=osmesa"
+    return f"mujoco cannot load an OpenGL backend ({tried})"
 
 
 def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, Any]]:
@@ -68,8 +91,11 @@ def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int) -> list
         env.close()
 
 
-def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path) -> tuple[Optional[Path], str]:
+def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
+                 gl_problem: Optional[str] = None) -> tuple[Optional[Path], str]:
     """(video path or None, a sentence saying what happened). Never raises."""
+    if gl_problem and _is_mujoco(cfg.env.id):
+        return None, f"no renderer available: {gl_problem}"
     kwargs = {"render_mode": "rgb_array"}
     if _is_mujoco(cfg.env.id):  # software GL renders 480x480 at a few frames per second
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
@@ -130,6 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not checkpoint_path(args.run_dir).is_file():
         print(f"trpo_lab.evaluate: error: no checkpoint at {checkpoint_path(args.run_dir)}", file=sys.stderr)
         return 2
+    gl_problem = choose_mujoco_gl(want_video=not args.no_video)
     cfg, agent, checkpoint = load_agent(args.run_dir)
     seed = cfg.trainer.seed + 10_000 if args.seed is None else args.seed
     returns = episode_returns(cfg, agent, args.episodes, seed)
@@ -145,7 +172,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.no_video:
         result["video"] = None
     else:
-        video, message = record_video(cfg, agent, seed, args.run_dir / "videos")
+        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem)
         result["video"] = str(video) if video else None
         print(message)
     write_json_atomic(args.run_dir / "evaluation.json", result)
