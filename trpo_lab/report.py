@@ -98,7 +98,13 @@ class Run:
         return float(value) if value is not None else float("nan")
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(env steps, values) of metric `key`; evaluation series end with the final
+        evaluation from summary.json (the trainer does not log it as a row)."""
         pts = [(r[M.ENV_STEPS], r[key]) for r in self.rows if r.get(key) is not None]
+        final = self.summary.get("eval_return")
+        if key == M.EVAL_RETURN and final is not None and self.summary.get("env_steps") is not None \
+                and (not pts or pts[-1][0] < self.summary["env_steps"]):
+            pts.append((self.summary["env_steps"], final))
         if not pts:
             return np.zeros(0), np.zeros(0)
         x, y = zip(*pts)
@@ -694,8 +700,8 @@ def build_report(paths: list[str], out: Path, title: Optional[str] = None) -> di
                               "environment steps: mean over seeds of completed runs, 95% bootstrap band.")
         body.append(fig or "<p class='note'>No completed run has training returns to plot.</p>")
         fig = learning_curves(configs, figures, M.EVAL_RETURN, "fig-eval-curves", "evaluation return",
-                              "Periodic deterministic evaluation return against environment steps: mean "
-                              "over seeds, 95% bootstrap band.")
+                              "Deterministic evaluation return (periodic, and the final one) against "
+                              "environment steps: mean over seeds, 95% bootstrap band.")
         if fig:
             body.append(fig)
         body.append("<h2 id='final-returns'>Final returns</h2>")
