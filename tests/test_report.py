@@ -97,7 +97,8 @@ def test_report_contents(report):
     # Final-return table: two configurations of two completed seeds each, best IQM first;
     # the failed and pruned runs are counted as left out, not averaged in.
     table = page.split("id='final-returns'")[1].split("</table>")[0]
-    iqms = [float(x) for x in re.findall(r"<td>CartPole-v1</td><td>\d</td><td>trpo.delta=[^<]+</td><td>2</td><td>([-\d.e+]+)</td>", table)]
+    row = r"<td>CartPole-v1</td><td>\d</td><td>trpo.delta=[^<]+</td><td>2</td><td>([-\d.e+]+)</td>"
+    iqms = [float(x) for x in re.findall(row, table)]
     assert len(iqms) == 2 and iqms[0] >= iqms[1]
     assert "failed" in table and "pruned" in table
     # Study: states, best parameters as overrides.

@@ -48,7 +48,8 @@ def setting_overrides(overrides: list[str]) -> list[str]:
     out = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        if key != "env" and not any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in NOT_A_SETTING):
+        bookkeeping = any(key == k or key.startswith((k + ".", k + "/")) for k in NOT_A_SETTING)
+        if key != "env" and not bookkeeping:
             out.append(item)
     return out
 

@@ -123,15 +123,16 @@ def capture(venv, obs: np.ndarray, rng: np.random.Generator, generator: torch.Ge
 
 
 def restore(state: dict[str, Any], venv, rng: np.random.Generator, generator: torch.Generator,
-            episodes: deque) -> tuple[np.ndarray, dict[str, float]]:
-    """Put the state from `capture` back; returns (observation to act on, counters)."""
+            episodes: deque) -> np.ndarray:
+    """Put the state from `capture` back; returns the observation to act on next.
+    (The counters are read by the trainer before its logger starts.)"""
     venv.set_state(state["venv"])
     rng.bit_generator.state = state["numpy_rng"]
     generator.set_state(state["torch_generator"])
     torch.set_rng_state(state["torch_global_rng"])
     episodes.clear()
     episodes.extend(state["episodes"])
-    return np.array(state["obs"]), dict(state["counters"])
+    return np.array(state["obs"])
 
 
 def truncate_metrics(run_dir: Path, last_iteration: int) -> int:

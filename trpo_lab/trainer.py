@@ -256,7 +256,7 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
             obs = venv.reset()
         else:
             agent.load_state_dict(checkpoint["agent"])
-            obs, _ = resume.restore(checkpoint["training"], venv, rng, generator, episodes)
+            obs = resume.restore(checkpoint["training"], venv, rng, generator, episodes)
         for iteration in range(first_iteration, num_iterations(tc) + 1):
             t0 = time.perf_counter()
             actor = agent.policy.numpy_actor()
