@@ -134,3 +134,20 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", out.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_report_reads_an_sqlite_study_by_url_and_by_file(tmp_path):
+    """RDB storages: an SQLite file found by content, and the same storage given as a URL."""
+    import optuna
+
+    from trpo_lab.report import build_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = tmp_path / "studies.db"
+    study = optuna.create_study(study_name="rdb", storage=f"sqlite:///{db}", direction="maximize")
+    study.optimize(lambda t: -(t.suggest_float("trpo.delta", 0.001, 0.1) - 0.02) ** 2, n_trials=4)
+    for source in (str(db), f"sqlite:///{db}"):
+        result = build_report([source], tmp_path / "r.html")
+        assert result["studies"] == 1 and result["runs"] == 0 and not result["skipped"]
+        assert "fig-study0-history" in result["figures"]
+        assert "<pre class='overrides'>trpo.delta=" in (tmp_path / "r.html").read_text()
