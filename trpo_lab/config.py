@@ -82,6 +82,10 @@ class TrainerConfig:
     objective: str = "eval_return"
     # Show a progress bar when the terminal is interactive.
     progress: bool = True
+    # auto: continue from the run directory's checkpoint if it has one (rerun with
+    # the same hydra.run.dir); never: start fresh; a path: continue that run, in
+    # that directory, with its stored config. See trpo_lab/resume.py.
+    resume: Optional[str] = "auto"
 
 
 @dataclass
@@ -177,6 +181,8 @@ def validate(cfg: Config) -> None:
     check(r.threads >= 1, "trainer.threads", r.threads, "must be >= 1")
     check(r.checkpoint_every >= 1, "trainer.checkpoint_every", r.checkpoint_every, "must be >= 1")
     check(r.objective in OBJECTIVES, "trainer.objective", r.objective, f"must be one of {OBJECTIVES}")
+    check(r.resume is None or (isinstance(r.resume, str) and r.resume.strip() != ""), "trainer.resume", r.resume,
+          "must be auto, never (or null), or the directory of a run with a checkpoint")
 
     w = cfg.logger.wandb
     check(w.mode in WANDB_MODES, "logger.wandb.mode", w.mode, f"must be one of {WANDB_MODES}")

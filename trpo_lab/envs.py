@@ -65,6 +65,12 @@ class _EpisodeTracker:
             self.lengths[i] = 0
         return finished
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"returns": self.returns.copy(), "lengths": self.lengths.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.returns, self.lengths = np.array(state["returns"]), np.array(state["lengths"])
+
 
 def _step_one(env: gym.Env, action) -> tuple[np.ndarray, float, bool, bool, np.ndarray | None]:
     obs, reward, terminated, truncated, _ = env.step(action)
@@ -73,6 +79,68 @@ def _step_one(env: gym.Env, action) -> tuple[np.ndarray, float, bool, bool, np.n
         final = obs
         obs, _ = env.reset()
     return obs, reward, terminated, truncated, final
+
+
+_PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic)
+
+
+def get_env_state(env: gym.Env) -> dict[str, Any]:
+    """Everything that decides an environment's future, for exact resume.
+
+    Gymnasium's own pickling does not do this: MuJoCo environments pickle as
+    their constructor arguments (EzPickle), losing the simulator state. So we
+    take, for every wrapper layer, its plain attributes (the TimeLimit's step
+    counter, OrderEnforcing's reset flag, a classic-control task's `state`),
+    the environment's random generator, and for MuJoCo tasks the full
+    integration state (`mj_getState(..., mjSTATE_INTEGRATION)`: time, qpos,
+    qvel, act, warm start, controls and applied forces).
+    """
+    layers = []
+    layer = env
+    while True:
+        layers.append({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                       for k, v in vars(layer).items() if isinstance(v, _PLAIN)})
+        if not hasattr(layer, "env"):
+            break
+        layer = layer.env
+    base = env.unwrapped
+    state: dict[str, Any] = {"layers": layers}
+    rng = getattr(base, "_np_random", None)
+    if rng is not None:
+        state["np_random"] = rng.bit_generator.state
+        state["np_random_seed"] = getattr(base, "_np_random_seed", None)
+    if hasattr(base, "model") and hasattr(base, "data"):
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(base.model, spec))
+        mujoco.mj_getState(base.model, base.data, physics, spec)
+        state["mujoco"] = physics
+    return state
+
+
+def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
+    """Put `env` (built from the same config) back into a state from `get_env_state`."""
+    layer = env
+    for attrs in state["layers"]:
+        for k, v in attrs.items():
+            setattr(layer, k, v.copy() if isinstance(v, np.ndarray) else v)
+        if not hasattr(layer, "env"):
+            break
+        layer = layer.env
+    base = env.unwrapped
+    if "np_random" in state:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["np_random"]
+        base._np_random = rng
+        base._np_random_seed = state["np_random_seed"]
+    if "mujoco" in state:
+        import mujoco
+
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mujoco.mj_setState(base.model, base.data, state["mujoco"], spec)
+        mujoco.mj_forward(base.model, base.data)  # derived quantities (positions of bodies, contacts)
+        mujoco.mj_setState(base.model, base.data, state["mujoco"], spec)  # in case forward touched any
 
 
 class SyncVecEnv:
@@ -96,6 +164,15 @@ class SyncVecEnv:
     def step(self, actions: np.ndarray) -> StepResult:
         results = [_step_one(env, a) for env, a in zip(self.envs, actions)]
         return self._collect(results)
+
+    def get_state(self) -> dict[str, Any]:
+        """The environments' states and the unfinished episodes' running returns and lengths."""
+        return {"envs": [get_env_state(env) for env in self.envs], "tracker": self._tracker.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for env, env_state in zip(self.envs, state["envs"], strict=True):
+            set_env_state(env, env_state)
+        self._tracker.load_state_dict(state["tracker"])
 
     def _collect(self, results) -> StepResult:
         obs, rewards, terminated, truncated, finals = zip(*results)
@@ -122,6 +199,11 @@ def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
             elif cmd == "reset":
                 env.action_space.seed(data)
                 remote.send(env.reset(seed=data)[0])
+            elif cmd == "get_state":
+                remote.send(get_env_state(env))
+            elif cmd == "set_state":
+                set_env_state(env, data)
+                remote.send(None)
             elif cmd == "close":
                 break
     except (KeyboardInterrupt, EOFError):
@@ -155,6 +237,18 @@ class SubprocVecEnv(SyncVecEnv):
         for i, remote in enumerate(self.remotes):
             remote.send(("reset", self.seed + i))
         return np.asarray([remote.recv() for remote in self.remotes], dtype=np.float64)
+
+    def get_state(self) -> dict[str, Any]:
+        for remote in self.remotes:
+            remote.send(("get_state", None))
+        return {"envs": [remote.recv() for remote in self.remotes], "tracker": self._tracker.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for remote, env_state in zip(self.remotes, state["envs"], strict=True):
+            remote.send(("set_state", env_state))
+        for remote in self.remotes:
+            remote.recv()
+        self._tracker.load_state_dict(state["tracker"])
 
     def step(self, actions: np.ndarray) -> StepResult:
         for remote, a in zip(self.remotes, actions):

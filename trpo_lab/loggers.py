@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from trpo_lab import metrics as M
 from trpo_lab.config import Config, WandbConfig
@@ -37,6 +37,73 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
+# Overrides that say where or how a run runs, not what it is: left out of names and configurations.
+NOT_A_SETTING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "logger",
+                 "hydra", "sweep", "env.id")
+
+
+def setting_overrides(overrides: list[str]) -> list[str]:
+    """The `key=value` overrides that define a configuration beside the environment:
+    everything but the env choice, the seed and the bookkeeping keys in NOT_A_SETTING."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        bookkeeping = any(key == k or key.startswith((k + ".", k + "/")) for k in NOT_A_SETTING)
+        if key != "env" and not bookkeeping:
+            out.append(item)
+    return out
+
+
+def run_identity(cfg: Config) -> tuple[Optional[str], str]:
+    """(wandb group, wandb name) of this run, unless the config names them.
+
+    Group: the jobs of one multirun or sweep share one, the sweep directory's
+    name, so wandb's grouped view shows their mean and spread. Name: the
+    environment, the overridden settings (the swept values) and the seed, e.g.
+    `Hopper-v5 delta=0.02 gae_lambda=0.9 seed=1`.
+    """
+    group, overrides = None, []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            overrides = list(hc.overrides.task)
+            if hc.mode == RunMode.MULTIRUN:
+                group = Path(hc.sweep.dir).name
+                swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params"))
+                if swept:
+                    overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    except Exception:  # outside Hydra (tests, notebooks): no group, name from the config
+        pass
+    parts = [cfg.env.id]
+    for item in setting_overrides(overrides):
+        key, _, value = item.partition("=")
+        parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    parts.append(f"seed={cfg.trainer.seed}")
+    w = cfg.logger.wandb
+    return w.group or group, w.name or " ".join(parts)
+
+
+_SWEEP_SYNTAX = (",", "choice(", "range(", "interval(", "glob(", "tag(")
+
+
+def _swept_keys(sweep_dir: Path, sweeper_params: Any) -> set[str]:
+    """Keys a multirun varies: sweep expressions on its command line (multirun.yaml)
+    and the sweeper's `params` (the Optuna search space)."""
+    from omegaconf import OmegaConf
+
+    keys = set(sweeper_params or {})
+    launch = sweep_dir / "multirun.yaml"
+    if launch.is_file():
+        for item in OmegaConf.load(launch).hydra.overrides.task:
+            key, _, value = item.partition("=")
+            if any(mark in value for mark in _SWEEP_SYNTAX):
+                keys.add(key.lstrip("+~"))
+    return keys
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; a missing value reads as null
@@ -57,20 +124,31 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 class WandbRun:
     """One wandb run for one job; every failure inside wandb is reported once and swallowed."""
 
-    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], name: str):
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], name: str,
+                 group: Optional[str] = None, resumed: bool = False):
         self.run = None
         if cfg.mode == "disabled":
             return
         try:
             import wandb
 
+            # A resumed run continues its wandb run online; offline runs cannot be
+            # resumed by wandb, so the continuation is a second run tagged "resumed".
+            id_file = run_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if id_file.is_file() and cfg.mode == "online" else None
+            tags = list(cfg.tags) + (["resumed"] if resumed and run_id is None else [])
             self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags),
-                name=cfg.name or name, mode=cfg.mode, dir=str(run_dir), config=config,
-                reinit="finish_previous",
+                project=cfg.project, entity=cfg.entity, group=group, tags=tags,
+                name=name, mode=cfg.mode, dir=str(run_dir), config=config,
+                id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
             )
+            id_file.write_text(self.run.id + "\n")
             self.run.define_metric(M.ENV_STEPS)
             self.run.define_metric("*", step_metric=M.ENV_STEPS)
+            # Run-table columns beyond the last value: the best evaluation and the typical KL.
+            self.run.define_metric(M.EVAL_RETURN, step_metric=M.ENV_STEPS, summary="max,last")
+            self.run.define_metric(M.KL, step_metric=M.ENV_STEPS, summary="mean,max")
+            self.run.define_metric(M.LINE_SEARCH_STEPS, step_metric=M.ENV_STEPS, summary="mean")
         except Exception as err:  # wandb must never take the local results down with it
             self._fail("start", err)
 
@@ -124,10 +202,14 @@ class RunLogger:
     def __init__(self, cfg: Config, run_dir: Path, total_steps: int, run_name: str, initial_steps: int = 0):
         self.run_dir = run_dir
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
-        self.wandb = WandbRun(cfg.logger.wandb, run_dir, flat_config(cfg), run_name)
+        self.kl_limit = cfg.trpo.delta
+        group, name = run_identity(cfg)
+        self.wandb = WandbRun(cfg.logger.wandb, run_dir, flat_config(cfg), name or run_name, group,
+                              resumed=initial_steps > 0)
         self.progress = ProgressBar(total_steps, cfg.trainer.progress, initial_steps)
 
     def log(self, row: dict[str, Any]) -> None:
+        row = {**row, M.KL_LIMIT: self.kl_limit} if M.KL in row else row
         self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
         self.wandb.log(row)

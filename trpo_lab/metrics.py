@@ -12,6 +12,7 @@ WALL_TIME = "wall_time_s"
 EP_RETURN = "rollout/ep_return_mean"
 EP_LEN = "rollout/ep_len_mean"
 KL = "train/kl"
+KL_LIMIT = "train/kl_limit"  # the trust region's delta, beside train/kl for "KL against delta" charts
 SURROGATE_GAIN = "train/surrogate_gain"
 LINE_SEARCH_STEPS = "train/line_search_steps"
 LINE_SEARCH_SUCCESS = "train/line_search_success"
@@ -26,7 +27,7 @@ EVAL_RETURN_STD = "eval/return_std"
 
 # Every iteration writes these (EVAL_* only on evaluating iterations).
 PER_ITERATION = (
-    ITERATION, ENV_STEPS, WALL_TIME, EP_RETURN, EP_LEN, KL, SURROGATE_GAIN,
+    ITERATION, ENV_STEPS, WALL_TIME, EP_RETURN, EP_LEN, KL, KL_LIMIT, SURROGATE_GAIN,
     LINE_SEARCH_STEPS, LINE_SEARCH_SUCCESS, STEP_FRACTION, CG_RESIDUAL, ENTROPY,
     VALUE_LOSS, EXPLAINED_VARIANCE, STEPS_PER_S,
 )

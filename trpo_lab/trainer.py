@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from trpo_lab import metrics as M
+from trpo_lab import resume
 from trpo_lab.checkpoint import save_checkpoint
 from trpo_lab.config import Config, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
@@ -175,24 +176,33 @@ def fit_value(agent: Agent, obs: torch.Tensor, returns: torch.Tensor, epochs: in
     return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
+def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
+                frames: Optional[list] = None) -> float:
+    """Return of one deterministic episode from env.reset(seed=seed); with `frames`,
+    appends env.render() after the reset and after every step."""
+    box = isinstance(env.action_space, gym.spaces.Box)
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    if frames is not None:
+        frames.append(env.render())
+    while not done:
+        action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
+        if box:
+            action = np.clip(action, env.action_space.low, env.action_space.high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return total
+
+
 def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
              ) -> tuple[float, float]:
     """Mean and std of the deterministic policy's return over `episodes` episodes."""
     env = make_env(env_cfg)
-    box = isinstance(env.action_space, gym.spaces.Box)
-    returns = []
     try:
-        for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
-            total, done = 0.0, False
-            while not done:
-                action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
-                if box:
-                    action = np.clip(action, env.action_space.low, env.action_space.high)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
+        returns = [run_episode(env, actor, obs_norm, seed + ep) for ep in range(episodes)]
     finally:
         env.close()
     return float(np.mean(returns)), float(np.std(returns))
@@ -211,7 +221,7 @@ def _mean(values) -> float:
 def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dict[str, Any]:
     """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary."""
     validate(cfg)
-    run_dir = Path(run_dir)
+    cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     tc, pc = cfg.trainer, cfg.trpo
     torch.set_num_threads(tc.threads)
@@ -224,16 +234,30 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     T, N = steps_per_env(tc), tc.n_envs
     rollout = Rollout.allocate(T, N, agent.policy.net[0].in_features, venv.action_space)
     episodes: deque = deque(maxlen=100)
-    logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}")
 
     iteration, env_steps = 0, 0
-    train_time, eval_return, best_eval = 0.0, float("nan"), float("-inf")
+    train_time, eval_return, best_eval, wall_before = 0.0, float("nan"), float("-inf"), 0.0
+    if checkpoint is None:
+        resume.start_fresh(run_dir)
+    else:
+        resume.truncate_metrics(run_dir, checkpoint["iteration"])
+        iteration, env_steps = checkpoint["iteration"], checkpoint["env_steps"]
+        counters = checkpoint["training"]["counters"]
+        train_time, best_eval, wall_before = counters["train_time"], counters["best_eval"], counters["wall_time"]
+    first_iteration = iteration + 1
+    logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}",
+                       initial_steps=env_steps)
+
     status, error = "failed", None
-    start = time.perf_counter()
+    start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
     try:
-        obs = venv.reset()
-        for iteration in range(1, num_iterations(tc) + 1):
+        if checkpoint is None:
+            obs = venv.reset()
+        else:
+            agent.load_state_dict(checkpoint["agent"])
+            obs = resume.restore(checkpoint["training"], venv, rng, generator, episodes)
+        for iteration in range(first_iteration, num_iterations(tc) + 1):
             t0 = time.perf_counter()
             actor = agent.policy.numpy_actor()
             obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
@@ -290,7 +314,11 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 prune = on_eval is not None and on_eval(env_steps, eval_return)
             logger.log(row)
             if iteration % tc.checkpoint_every == 0 or last:
-                save_checkpoint(run_dir, _checkpoint_state(cfg, agent, iteration, env_steps))
+                state = _checkpoint_state(cfg, agent, iteration, env_steps)
+                state["training"] = resume.capture(venv, obs, rng, generator, episodes, {
+                    "train_time": train_time, "best_eval": best_eval,
+                    "wall_time": time.perf_counter() - start})
+                save_checkpoint(run_dir, state)
             if prune:
                 raise PruneRequested
 

@@ -1,0 +1,140 @@
+"""Exact resume: environment state round trips, and a killed run that continues bit for bit."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import cli_env, read_jsonl
+from trpo_lab.config import EnvConfig
+from trpo_lab.envs import make_vec_env
+
+
+def _roll(venv, actions):
+    out = []
+    for a in actions:
+        step = venv.step(a)
+        out.append((step.obs.copy(), step.rewards.copy(), step.terminated.copy(), step.truncated.copy(),
+                    list(step.episodes)))
+    return out
+
+
+@pytest.mark.parametrize("env_id,kind", [("Hopper-v5", "sync"), ("CartPole-v1", "sync"),
+                                         ("Hopper-v5", "subproc")])
+def test_vec_env_state_round_trip(env_id, kind):
+    """A second vec env given the first one's state mid-episode steps exactly like the first."""
+    cfg = EnvConfig(id=env_id, max_episode_steps=30)  # short limit: truncations inside the window
+    a, b = make_vec_env(cfg, 2, seed=3, kind=kind), make_vec_env(cfg, 2, seed=99, kind=kind)
+    try:
+        a.reset()
+        b.reset()
+        rng = np.random.default_rng(0)
+        sample = (lambda: rng.uniform(-1, 1, (2, 3))) if env_id.startswith("Hopper") else \
+            (lambda: rng.integers(0, 2, 2))
+        _roll(a, [sample() for _ in range(17)])  # mid-episode: 17 of 30 steps
+        b.set_state(a.get_state())
+        actions = [sample() for _ in range(80)]  # crosses time limits and (Hopper) falls
+        for (o1, r1, t1, tr1, e1), (o2, r2, t2, tr2, e2) in zip(_roll(a, actions), _roll(b, actions)):
+            np.testing.assert_array_equal(o1, o2)
+            np.testing.assert_array_equal(r1, r2)
+            np.testing.assert_array_equal(t1, t2)
+            np.testing.assert_array_equal(tr1, tr2)
+            assert e1 == e2
+    finally:
+        a.close()
+        b.close()
+
+
+WALL_CLOCK = ("wall_time_s", "time/steps_per_s")
+
+
+def _comparable(rows):
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK} for row in rows]
+
+
+def _small_config(env_id: str, resume: str = "auto"):
+    from trpo_lab.config import Config
+
+    cfg = Config()
+    cfg.env.id = env_id
+    t = cfg.trainer
+    t.total_steps, t.steps_per_iter, t.eval_every, t.eval_episodes = 512 * 6, 512, 2, 1
+    t.checkpoint_every, t.progress, t.resume = 2, False, resume
+    cfg.logger.wandb.mode = "disabled"
+    cfg.trpo.value_epochs = 2
+    return cfg
+
+
+def test_stopped_run_resumed_by_path_equals_uninterrupted(tmp_path):
+    """Stop after iteration 4's checkpoint (as a pruned run), leave a stray row and a
+    half-written line behind, resume with trainer.resume=RUN_DIR: the rows match."""
+    from trpo_lab.trainer import train
+
+    train(_small_config("CartPole-v1"), tmp_path / "straight")
+    evals = []
+    summary = train(_small_config("CartPole-v1"), tmp_path / "stopped",
+                    on_eval=lambda steps, ret: evals.append(steps) or len(evals) == 2)
+    assert summary["status"] == "pruned" and summary["iterations"] == 4
+    with open(tmp_path / "stopped" / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 5, "env_steps": 2560}\n{"iterat')
+    resumed = train(_small_config("CartPole-v1", resume=str(tmp_path / "stopped")), tmp_path / "elsewhere")
+
+    assert resumed["status"] == "completed" and resumed["iterations"] == 6
+    straight = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    after = read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
+    assert [r["iteration"] for r in after] == [1, 2, 3, 4, 5, 6]
+    assert _comparable(after) == _comparable(straight)
+    assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()  # the run continued in place
+
+
+def test_auto_resume_refuses_a_different_config(tmp_path):
+    from trpo_lab.config import ConfigError
+    from trpo_lab.trainer import train
+
+    cfg = _small_config("CartPole-v1")
+    cfg.trainer.total_steps = 512
+    train(cfg, tmp_path / "run")
+    cfg.trpo.delta = 0.05
+    with pytest.raises(ConfigError, match="trpo.delta"):
+        train(cfg, tmp_path / "run")
+
+
+def _cli(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "trpo_lab", "env=hopper", "trainer.total_steps=4096",
+            "trainer.steps_per_iter=512", "trainer.checkpoint_every=2", "trainer.eval_every=3",
+            "trainer.eval_episodes=1", "trpo.value_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"]
+
+
+def test_kill_9_then_same_command_continues_exactly(tmp_path):
+    """kill -9 a Hopper run mid-way (mid-episode, rows written after its last checkpoint);
+    the same command again finishes it, and every row equals the uninterrupted run's."""
+    straight = subprocess.run(_cli(tmp_path / "straight"), cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=120)
+    assert straight.returncode == 0, straight.stderr
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(run_dir), cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break  # checkpoints at 2 and 4, row 5 written after the last one
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "summary.json").exists()
+    rows_at_kill = len(read_jsonl(metrics))
+
+    again = subprocess.run(_cli(run_dir), cwd=tmp_path, env=cli_env(),
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
+    got = read_jsonl(metrics)
+    assert len(expected) == 8 and rows_at_kill >= 5
+    assert _comparable(got) == _comparable(expected)

@@ -1,0 +1,183 @@
+"""`python -m trpo_lab.evaluate RUN_DIR`: replay a trained policy from its checkpoint.
+
+Loads `RUN_DIR/checkpoints/last.pt` (policy and its observation normaliser, with
+the run's own config), runs N deterministic episodes (the policy's mean or most
+likely action) seeded seed, seed+1, ..., and prints their mean and spread. The
+numbers are also written to `RUN_DIR/evaluation.json`.
+
+With a renderer it also saves a video of the first episode under
+`RUN_DIR/videos/` (MP4 with imageio-ffmpeg, else GIF). MuJoCo tasks render
+headless through EGL or OSMesa (the first that loads, or the user's
+MUJOCO_GL); classic-control tasks need pygame. Without one it says so and
+still evaluates.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.config import Config, to_config
+from trpo_lab.envs import make_env
+from trpo_lab.loggers import write_json_atomic
+from trpo_lab.trainer import Agent, build_agent, run_episode
+
+MAX_VIDEO_FRAMES = 1000
+VIDEO_SIZE = 240  # pixels, MuJoCo tasks (env.kwargs width/height override it)
+
+
+def _is_mujoco(env_id: str) -> bool:
+    import gymnasium as gym
+
+    try:
+        return "mujoco" in str(gym.spec(env_id).entry_point)
+    except Exception:
+        return False
+
+
+def choose_mujoco_gl(want_video: bool) -> Optional[str]:
+    """Set MUJOCO_GL before mujoco is first imported; returns why rendering is off, or None.
+
+    mujoco reads MUJOCO_GL once, at import, and an import with a backend whose
+    library is missing fails outright (not only rendering), so each candidate
+    (the user's MUJOCO_GL, else EGL then OSMesa) is tried in a child process first.
+    Without a working one, rendering is disabled and evaluation goes on.
+    """
+    if "mujoco" in sys.modules:
+        return None  # too late to choose; rendering will say whether it works
+    if not want_video:
+        os.environ["MUJOCO_GL"] = "disable"
+        return None
+    user = os.environ.get("MUJOCO_GL")
+    for backend in [user] if user else ["egl", "osmesa"]:
+        probe = subprocess.run([sys.executable, "-c", "import mujoco"], env={**os.environ, "MUJOCO_GL": backend},
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            os.environ["MUJOCO_GL"] = backend
+            return None
+    os.environ["MUJOCO_GL"] = "disable"
+    tried = f"MUJOCO_GL={user}" if user else "MUJOCO_GL=egl and MUJOCO_GL=osmesa"
+    return f"mujoco cannot load an OpenGL backend ({tried})"
+
+
+def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, Any]]:
+    """(the run's config, its agent as checkpointed, the checkpoint)."""
+    from omegaconf import OmegaConf
+
+    checkpoint = load_checkpoint(run_dir)
+    cfg = to_config(OmegaConf.create(checkpoint["config"]))
+    env = make_env(cfg.env)
+    try:
+        agent = build_agent(cfg, env.observation_space, env.action_space)
+    finally:
+        env.close()
+    agent.load_state_dict(checkpoint["agent"])
+    return cfg, agent, checkpoint
+
+
+def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int) -> list[float]:
+    env = make_env(cfg.env)
+    actor = agent.policy.numpy_actor()
+    try:
+        return [run_episode(env, actor, agent.obs_norm, seed + ep) for ep in range(episodes)]
+    finally:
+        env.close()
+
+
+def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
+                 gl_problem: Optional[str] = None) -> tuple[Optional[Path], str]:
+    """(video path or None, a sentence saying what happened). Never raises."""
+    if gl_problem and _is_mujoco(cfg.env.id):
+        return None, f"no renderer available: {gl_problem}"
+    kwargs = {"render_mode": "rgb_array"}
+    if _is_mujoco(cfg.env.id):  # software GL renders 480x480 at a few frames per second
+        kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
+    try:
+        env = make_env(replace(cfg.env, kwargs={**kwargs, **cfg.env.kwargs}))
+    except Exception as err:
+        return None, f"no renderer available: the environment cannot render ({err})"
+    frames: list = []
+    try:
+        run_episode(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames)
+    except Exception as err:
+        gl = os.environ.get("MUJOCO_GL")
+        return None, (f"no renderer available ({type(err).__name__}: {err}; MUJOCO_GL={gl}; "
+                      "MuJoCo needs EGL or OSMesa, classic control needs pygame)")
+    finally:
+        env.close()
+    frames = [f for f in frames if f is not None][:MAX_VIDEO_FRAMES]
+    if not frames:
+        return None, "no renderer available: the environment rendered no frames"
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        return None, "frames rendered but no video writer: pip install imageio (and imageio-ffmpeg for MP4)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fps = int(_fps(cfg))
+    try:
+        import imageio_ffmpeg  # noqa: F401
+
+        path = out_dir / f"eval-seed{seed}.mp4"
+        imageio.mimwrite(path, frames, fps=fps, macro_block_size=1)
+    except ImportError:  # GIF through Pillow, every other frame to stay small
+        path = out_dir / f"eval-seed{seed}.gif"
+        imageio.mimwrite(path, frames[::2], duration=2000 / fps, loop=0)
+    return path, f"video of the episode with seed {seed}: {path} ({len(frames)} frames)"
+
+
+def _fps(cfg: Config) -> float:
+    fps = None
+    try:
+        import gymnasium as gym
+
+        fps = gym.spec(cfg.env.id).kwargs.get("render_fps")
+    except Exception:
+        pass
+    return fps or 30
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trpo_lab.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("-n", "--episodes", type=int, default=10, help="deterministic episodes (default 10)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the first episode (default: the run's evaluation seed, trainer.seed + 10000)")
+    parser.add_argument("--no-video", action="store_true", help="do not try to render")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes={args.episodes} is invalid: must be >= 1")
+    if not checkpoint_path(args.run_dir).is_file():
+        print(f"trpo_lab.evaluate: error: no checkpoint at {checkpoint_path(args.run_dir)}", file=sys.stderr)
+        return 2
+    gl_problem = choose_mujoco_gl(want_video=not args.no_video)
+    cfg, agent, checkpoint = load_agent(args.run_dir)
+    seed = cfg.trainer.seed + 10_000 if args.seed is None else args.seed
+    returns = episode_returns(cfg, agent, args.episodes, seed)
+    result = {
+        "env_id": cfg.env.id, "iteration": checkpoint["iteration"], "env_steps": checkpoint["env_steps"],
+        "episodes": args.episodes, "seed": seed, "returns": returns,
+        "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
+        "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
+    }
+    print(f"{cfg.env.id} after {checkpoint['env_steps']} env steps (iteration {checkpoint['iteration']}): "
+          f"deterministic return {result['return_mean']:.2f} +- {result['return_std']:.2f} (std) over "
+          f"{args.episodes} episodes, min {result['return_min']:.2f}, max {result['return_max']:.2f}")
+    if args.no_video:
+        result["video"] = None
+    else:
+        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem)
+        result["video"] = str(video) if video else None
+        print(message)
+    write_json_atomic(args.run_dir / "evaluation.json", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Exact resume: what a checkpoint holds beyond the agent, and how a run picks it up again.
+
+A checkpoint is written at an iteration boundary. Beside the agent (policy,
+critic, optimiser, observation normaliser, reward scaler with its running
+returns) it holds everything else that decides the rest of the run:
+
+    the numpy Generator that samples actions, the torch Generator that shuffles
+    value minibatches, torch's global RNG, every environment's state mid-episode
+    (simulator, TimeLimit counter, the env's own RNG; see envs.get_env_state),
+    the unfinished episodes' running returns, the observation to act on next,
+    the window of finished episodes behind rollout/ep_return_mean, and the
+    trainer's counters.
+
+So a resumed run's metrics rows from the checkpoint on equal the rows of a run
+that was never stopped (wall-clock fields aside).
+
+When a run resumes (`trainer.resume`):
+    auto   (default) resume if the run directory already holds a checkpoint,
+           else start fresh. "The same command" therefore means the same run
+           directory: fix it with hydra.run.dir=... (Hydra's default is
+           time-stamped, so a plain rerun starts a new run).
+    never  start fresh; an existing metrics.jsonl in the run directory is replaced.
+    PATH   continue the run in directory PATH, in that directory, with the
+           config stored in its checkpoint (this command's other settings are
+           ignored, with a warning).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+AUTO, NEVER = "auto", "never"
+# Keys that may differ between the checkpoint's config and the command that resumes it
+# with trainer.resume=auto (extend a run, log it elsewhere).
+MAY_CHANGE = ("trainer.resume", "trainer.total_steps", "trainer.progress", "logger.")
+
+
+def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | None]:
+    """(config, run directory, checkpoint or None) of the run `cfg` asks for in `run_dir`."""
+    mode = cfg.trainer.resume
+    if mode in (None, NEVER):
+        return cfg, run_dir, None
+    if mode == AUTO:
+        if not checkpoint_path(run_dir).is_file():
+            return cfg, run_dir, None
+        source = Path(run_dir)
+    else:
+        source = Path(mode).expanduser()
+        if not checkpoint_path(source).is_file():
+            raise ConfigError(f"trainer.resume={mode!r} is invalid: no checkpoint at {checkpoint_path(source)}")
+    checkpoint = load_checkpoint(source)
+    if "training" not in checkpoint:
+        raise ConfigError(f"trainer.resume={mode!r}: the checkpoint in {source} predates exact resume "
+                          "(no training state); it can be evaluated but not resumed")
+    stored = _stored_config(checkpoint["config"], cfg, keep_command=(mode == AUTO))
+    # auto: the same command again, so any other difference is a mistake; a path: the
+    # stored run's own settings win over whatever this command says.
+    may_change = MAY_CHANGE if mode == AUTO else ("trainer.resume", "trainer.progress")
+    differ = [k for k in _diff(_flat(stored), _flat(cfg)) if not k.startswith(may_change)]
+    if differ and mode == AUTO:
+        raise ConfigError(
+            f"trainer.resume=auto: {run_dir} holds a checkpoint of a different config "
+            f"({', '.join(f'{k}: {_flat(stored)[k]!r} -> {_flat(cfg).get(k)!r}' for k in differ[:5])}); "
+            "use another hydra.run.dir, or trainer.resume=never to start over")
+    if differ:
+        log.warning("resuming %s with its own config; ignoring this command's %s", source, ", ".join(differ))
+    log.info("resuming %s from iteration %d (%d env steps)", source, checkpoint["iteration"],
+             checkpoint["env_steps"])
+    return stored, source, checkpoint
+
+
+def _stored_config(stored: dict[str, Any], current: Config, keep_command: bool) -> Config:
+    """The checkpoint's config with trainer.resume and trainer.progress from the current
+    command and, when `keep_command` (auto: the same command again), the other keys in
+    MAY_CHANGE too."""
+    from omegaconf import OmegaConf
+
+    from trpo_lab.config import to_config
+
+    merged = to_config(OmegaConf.create(stored))
+    merged.trainer.progress = current.trainer.progress
+    merged.trainer.resume = current.trainer.resume
+    if keep_command:
+        merged.trainer.total_steps = current.trainer.total_steps
+        merged.logger = current.logger
+    return merged
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    from trpo_lab.loggers import flat_config
+
+    return flat_config(cfg)
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def capture(venv, obs: np.ndarray, rng: np.random.Generator, generator: torch.Generator,
+            episodes: deque, counters: dict[str, float]) -> dict[str, Any]:
+    """The training state outside the agent, at an iteration boundary."""
+    return {
+        "venv": venv.get_state(),
+        "obs": np.array(obs),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_generator": generator.get_state(),
+        "torch_global_rng": torch.get_rng_state(),
+        "episodes": list(episodes),
+        "counters": dict(counters),
+    }
+
+
+def restore(state: dict[str, Any], venv, rng: np.random.Generator, generator: torch.Generator,
+            episodes: deque) -> np.ndarray:
+    """Put the state from `capture` back; returns the observation to act on next.
+    (The counters are read by the trainer before its logger starts.)"""
+    venv.set_state(state["venv"])
+    rng.bit_generator.state = state["numpy_rng"]
+    generator.set_state(state["torch_generator"])
+    torch.set_rng_state(state["torch_global_rng"])
+    episodes.clear()
+    episodes.extend(state["episodes"])
+    return np.array(state["obs"])
+
+
+def truncate_metrics(run_dir: Path, last_iteration: int) -> int:
+    """Drop metrics.jsonl rows after `last_iteration` (written after the checkpoint) and any
+    half-written line a kill left behind; returns how many rows were dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and row.get("iteration", 0) <= last_iteration:
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    if dropped:
+        log.info("dropped %d metrics rows written after the checkpoint", dropped)
+    return dropped
+
+
+def start_fresh(run_dir: Path) -> None:
+    """A fresh run in a directory that has metrics from an earlier one replaces them."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        path.unlink()
