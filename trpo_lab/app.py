@@ -22,12 +22,24 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _trial_reporter(cfg):
+    """The job's link to its Optuna trial; None outside a trpo_optuna sweep (optuna not imported)."""
+    if cfg.trial.study is None:
+        return None
+    from trpo_lab.sweeper.job import open_trial
+
+    return open_trial(cfg.trial)
+
+
 def run(dict_cfg: DictConfig) -> float:
     try:
         cfg = to_config(dict_cfg)
         validate(cfg)
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        summary = train(cfg, run_dir)
+        reporter = _trial_reporter(cfg)
+        summary = train(cfg, run_dir, on_eval=reporter.on_eval if reporter else None)
+        if reporter is not None:
+            reporter.record(summary, run_dir)
     except (ConfigError, EnvError) as err:
         if _in_multirun():
             raise
