@@ -145,12 +145,14 @@ class TrpoOptunaSweeperImpl:
     # ---- the study -----------------------------------------------------------------------
     def _open_study(self, storage_url: str, arguments: list[str]) -> optuna.Study:
         storage = open_storage(storage_url)
-        sampler = self._sampler()
         try:
-            study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+            study = optuna.create_study(study_name=self.study_name, storage=storage,
                                         directions=self.directions, load_if_exists=True)
         except ValueError as err:
             raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
+        # A seeded sampler restarted on resume would propose the first run's points again:
+        # offset its seed by the trials the study already holds (still repeatable).
+        study.sampler = self._sampler(seed_offset=len(study.get_trials(deepcopy=False)))
         if [d.name.lower() for d in study.directions] != self.directions:
             raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
@@ -167,11 +169,13 @@ class TrpoOptunaSweeperImpl:
         log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
         return study
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
+    def _sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         cfg = self.sampler_cfg
         if cfg is None:
-            return optuna.samplers.TPESampler(seed=0)
+            cfg = {"_target_": "optuna.samplers.TPESampler", "seed": 0}
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        if cfg.get("seed") is not None:
+            cfg["seed"] = int(cfg["seed"]) + seed_offset
         if cfg.get("_target_", "").endswith("GridSampler") and not cfg.get("search_space"):
             cfg["search_space"] = _grid(self.params)
         try:
@@ -264,7 +268,7 @@ class TrpoOptunaSweeperImpl:
             for number, ot in open_trials.items():
                 _fail_interrupted(study, number, ot.trial._trial_id, ot.trial.params, "interrupted (Ctrl-C)")
             write_results(study, sweep_dir, self.objectives)
-            raise
+            raise SystemExit(130) from None  # Ctrl-C's usual exit status, without a traceback
         write_results(study, sweep_dir, self.objectives)
         if stop_reason:
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
