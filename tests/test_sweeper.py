@@ -212,3 +212,33 @@ def test_nan_objective_fails_the_trial(tmp_path):
     trials = load_study(sweep_dir, "trpo_lab-Pendulum-v1").trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("not finite" in t.user_attrs["fail_reason"] for t in trials)
+
+
+def test_seeds_per_trial_trains_k_seeds_and_averages(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    r = run_cli("-m", "hydra/sweeper=trpo_optuna", *TINY, "trpo.delta=interval(0.001,0.05)",
+                "hydra.sweeper.n_trials=1", "hydra.sweeper.seeds_per_trial=2", "hydra/sweeper/pruner=none",
+                f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (trial,) = load_study(sweep_dir, "trpo_lab-CartPole-v1").trials
+    per_seed = [summary_of(sweep_dir, trial.user_attrs[f"job_seed{i}"])["objective"] for i in (0, 1)]
+    assert trial.user_attrs["seed_values"]["objective"] == per_seed
+    assert trial.value == pytest.approx(sum(per_seed) / 2)
+    for i in (0, 1):
+        task = yaml.safe_load((sweep_dir / str(trial.user_attrs[f"job_seed{i}"]) / ".hydra" / "overrides.yaml")
+                              .read_text())
+        assert f"trainer.seed={i}" in task and f"trial.seed_index={i}" in task
+    # Seed means were reported at each evaluation step, for the pruner to compare.
+    assert sorted(trial.intermediate_values) == [512, 1024, 1536]
+
+
+def test_multi_objective_sweep_writes_the_pareto_front(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    r = run_cli("-m", "sweep=multi_objective", *TINY, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
+                cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = load_study(sweep_dir, "multi_objective-CartPole-v1")
+    assert len(study.trials) == 2 and all(len(t.values) == 2 for t in study.trials)
+    front = yaml.safe_load((sweep_dir / "pareto_front.yaml").read_text())["pareto_front"]
+    assert sorted(e["trial"] for e in front) == sorted(t.number for t in study.best_trials)
+    assert set(front[0]["values"]) == {"eval_return", "wall_time_s"}

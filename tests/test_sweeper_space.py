@@ -79,3 +79,27 @@ def test_space_reaching_invalid_values_fails_before_any_job(tmp_path, fast_overr
     assert r.returncode != 0
     assert "trpo.gae_lambda" in r.stderr and "invalid config" in r.stderr
     assert not any((tmp_path / "s").glob("*/summary.json"))
+
+
+@pytest.mark.parametrize("name", ["trust_region", "value_batch", "multi_objective"])
+def test_every_sweep_file_composes_and_parses(name):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from trpo_lab.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "trpo_lab" / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"sweep={name}", "env=hopper"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("TrpoOptunaSweeper")
+    assert sweeper.study_name == f"{name}-Hopper-v5"
+    assert str(cfg.hydra.sweep.dir).endswith(sweeper.study_name)  # stable, so a rerun resumes
+    space = parse_search_space(sweeper.params)
+    assert len(space.distributions) >= 3
+    directions = [sweeper.direction] if isinstance(sweeper.direction, str) else list(sweeper.direction)
+    assert len(directions) == len(sweeper.objectives)
+    if name == "trust_region":
+        assert set(space.distributions) == {"trpo.delta", "trpo.cg_iters", "trpo.cg_damping", "trpo.gae_lambda"}
+    if name == "multi_objective":
+        assert len(directions) == 2 and sweeper.pruner._target_.endswith("NopPruner")
