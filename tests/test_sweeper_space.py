@@ -103,3 +103,29 @@ def test_every_sweep_file_composes_and_parses(name):
         assert set(space.distributions) == {"trpo.delta", "trpo.cg_iters", "trpo.cg_damping", "trpo.gae_lambda"}
     if name == "multi_objective":
         assert len(directions) == 2 and sweeper.pruner._target_.endswith("NopPruner")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid", "qmc", "gp"])
+def test_every_sampler_option_builds_and_samples(sampler):
+    import optuna
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+    from trpo_lab.sweeper.core import TrpoOptunaSweeperImpl
+
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")  # an optional extra: pip install trpo_lab[samplers]
+    if sampler in ("qmc", "gp"):
+        pytest.importorskip("scipy")
+    cfg = OmegaConf.load(REPO / "trpo_lab" / "conf" / "hydra" / "sweeper" / "sampler" / f"{sampler}.yaml")
+    params = ({"trpo.cg_iters": "range(5, 30, 5)", "network.activation": "choice(tanh, relu)"} if sampler == "grid"
+              else {"trpo.delta": "tag(log, interval(0.001, 0.1))", "trpo.cg_iters": "int(interval(5, 30))"})
+    impl = TrpoOptunaSweeperImpl(study_name="s", storage=None, n_trials=3, n_jobs=None, direction="maximize",
+                                 objectives=["objective"], sampler=cfg, pruner=None, params=params,
+                                 seeds_per_trial=1, max_failure_rate=0.5)
+    study = optuna.create_study(direction="maximize", sampler=impl._sampler())
+    space = parse_search_space(params)
+    for i in range(3):
+        trial = study.ask(space.distributions)
+        assert set(trial.params) == set(params)
+        study.tell(trial, float(i))
