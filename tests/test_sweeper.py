@@ -242,3 +242,17 @@ def test_multi_objective_sweep_writes_the_pareto_front(tmp_path):
     front = yaml.safe_load((sweep_dir / "pareto_front.yaml").read_text())["pareto_front"]
     assert sorted(e["trial"] for e in front) == sorted(t.number for t in study.best_trials)
     assert set(front[0]["values"]) == {"eval_return", "wall_time_s"}
+
+
+def test_rdb_storage_url(tmp_path):
+    """Any SQLAlchemy URL works as storage (SQLite here, with one job at a time; PostgreSQL across machines)."""
+    pytest.importorskip("sqlalchemy")
+    db = tmp_path / "study.db"
+    r = run_cli("-m", "hydra/sweeper=trpo_optuna", *TINY, "trpo.delta=interval(0.001,0.05)",
+                "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage='sqlite:///{db}'",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = optuna.load_study(study_name="trpo_lab-CartPole-v1", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(t.intermediate_values for t in study.trials)  # the jobs reported through the database
+    assert not (tmp_path / "sweep" / "optuna.journal").exists()

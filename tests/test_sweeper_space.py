@@ -129,3 +129,15 @@ def test_every_sampler_option_builds_and_samples(sampler):
         trial = study.ask(space.distributions)
         assert set(trial.params) == set(params)
         study.tell(trial, float(i))
+
+
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
+def test_every_pruner_option_builds(pruner):
+    import optuna
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from conftest import REPO
+
+    cfg = OmegaConf.load(REPO / "trpo_lab" / "conf" / "hydra" / "sweeper" / "pruner" / f"{pruner}.yaml")
+    assert isinstance(instantiate(cfg), optuna.pruners.BasePruner)
