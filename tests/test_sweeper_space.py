@@ -35,6 +35,8 @@ def test_command_line_sweeps_join_and_win():
     assert space.distributions["a"] == CategoricalDistribution((1, 2))
     assert space.distributions["b"] == IntDistribution(1, 3)
     assert "c" not in space.distributions and "c" not in space.fixed  # plain overrides reach jobs as they are
+    pinned = parse_search_space({"a": "interval(0, 1)", "b": "interval(0, 1)", "d": 3}, ["a=0.5", "d=4"])
+    assert set(pinned.distributions) == {"b"} and pinned.fixed == {}  # a=0.5, d=4 reach jobs as written
 
 
 @pytest.mark.parametrize("params, words", [
@@ -123,8 +125,8 @@ def test_every_sampler_option_builds_and_samples(sampler):
     impl = TrpoOptunaSweeperImpl(study_name="s", storage=None, n_trials=3, n_jobs=None, direction="maximize",
                                  objectives=["objective"], sampler=cfg, pruner=None, params=params,
                                  seeds_per_trial=1, max_failure_rate=0.5)
-    study = optuna.create_study(direction="maximize", sampler=impl._sampler())
     space = parse_search_space(params)
+    study = optuna.create_study(direction="maximize", sampler=impl._sampler(space))
     for i in range(3):
         trial = study.ask(space.distributions)
         assert set(trial.params) == set(params)

@@ -3,6 +3,7 @@
 Hydra imports every module under hydra_plugins at start-up, even for single
 runs, so this one imports Optuna only when a sweep is actually built.
 """
+import sys
 from typing import Any, List
 
 from hydra.plugins.sweeper import Sweeper
@@ -20,4 +21,11 @@ class TrpoOptunaSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        return self._impl.sweep(arguments)
+        from trpo_lab.sweeper.core import SweepError
+        from trpo_lab.sweeper.search_space import SearchSpaceError
+
+        try:
+            return self._impl.sweep(arguments)
+        except (SweepError, SearchSpaceError) as err:  # the user's to fix: one line, no traceback
+            print(f"trpo_optuna: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None

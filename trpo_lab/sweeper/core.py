@@ -101,7 +101,7 @@ class TrpoOptunaSweeperImpl:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage_url = self.storage_url or default_storage_url(sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self._open_study(storage_url, arguments)
+        study = self._open_study(storage_url, arguments, space)
         self._requeue_interrupted(study)
         return self._run(study, storage_url, space, base_args, sweep_dir)
 
@@ -143,7 +143,7 @@ class TrpoOptunaSweeperImpl:
                 raise SweepError(f"the search space reaches an invalid config ({' '.join(sample)}): {err}") from None
 
     # ---- the study -----------------------------------------------------------------------
-    def _open_study(self, storage_url: str, arguments: list[str]) -> optuna.Study:
+    def _open_study(self, storage_url: str, arguments: list[str], space: SearchSpace) -> optuna.Study:
         storage = open_storage(storage_url)
         try:
             study = optuna.create_study(study_name=self.study_name, storage=storage,
@@ -152,7 +152,7 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
         # A seeded sampler restarted on resume would propose the first run's points again:
         # offset its seed by the trials the study already holds (still repeatable).
-        study.sampler = self._sampler(seed_offset=len(study.get_trials(deepcopy=False)))
+        study.sampler = self._sampler(space, seed_offset=len(study.get_trials(deepcopy=False)))
         if [d.name.lower() for d in study.directions] != self.directions:
             raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
@@ -169,7 +169,7 @@ class TrpoOptunaSweeperImpl:
         log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
         return study
 
-    def _sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    def _sampler(self, space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         cfg = self.sampler_cfg
         if cfg is None:
             cfg = {"_target_": "optuna.samplers.TPESampler", "seed": 0}
@@ -177,7 +177,7 @@ class TrpoOptunaSweeperImpl:
         if cfg.get("seed") is not None:
             cfg["seed"] = int(cfg["seed"]) + seed_offset
         if cfg.get("_target_", "").endswith("GridSampler") and not cfg.get("search_space"):
-            cfg["search_space"] = _grid(self.params)
+            cfg["search_space"] = _grid(space)
         try:
             return instantiate(cfg)
         except Exception as err:
@@ -204,13 +204,19 @@ class TrpoOptunaSweeperImpl:
     def _run(self, study: optuna.Study, storage_url: str, space: SearchSpace, base_args: list[str],
              sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
         slots, threaded = self._slots()
+        n_trials = self.n_trials
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            grid = math.prod(len(v) for v in _grid(space).values())
+            if grid < n_trials:
+                log.info("the grid has %d points: running %d trials, not n_trials=%d", grid, grid, n_trials)
+                n_trials = grid
         trials = study.get_trials(deepcopy=False)
         finished = sum(counts_toward_budget(t) for t in trials)
         failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL for t in trials)
         next_job = 1 + max((v for t in trials for k, v in t.user_attrs.items() if k.startswith("job_seed")),
                            default=-1)
         log.info("%d of %d trials finished; %d parallel jobs, %d seed(s) per trial, first job number %d",
-                 finished, self.n_trials, slots, self.seeds_per_trial, next_job)
+                 finished, n_trials, slots, self.seeds_per_trial, next_job)
 
         done: queue.Queue = queue.Queue()
         open_trials: dict[int, _OpenTrial] = {}
@@ -222,7 +228,7 @@ class TrpoOptunaSweeperImpl:
             while True:
                 while running < slots and stop_reason is None:
                     if not waiting:
-                        if finished + len(open_trials) >= self.n_trials:
+                        if finished + len(open_trials) >= n_trials:
                             break
                         trial = study.ask(space.distributions)
                         overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
@@ -258,8 +264,8 @@ class TrpoOptunaSweeperImpl:
                     del open_trials[number]
                     finished += 1
                     failures += state == TrialState.FAIL
-                    if failures > self.max_failure_rate * self.n_trials and stop_reason is None:
-                        stop_reason = (f"{failures} of {self.n_trials} trials failed, above "
+                    if failures > self.max_failure_rate * n_trials and stop_reason is None:
+                        stop_reason = (f"{failures} of {n_trials} trials failed, above "
                                        f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
                         log.error("stopping the sweep: %s", stop_reason)
         except KeyboardInterrupt:
@@ -323,20 +329,34 @@ class TrpoOptunaSweeperImpl:
         errors = [r["error"] for r in results if r["status"] == "failed"]
         if errors:
             study._storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
-            study.tell(number, state=TrialState.FAIL)
+            _tell_study(study, number, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", number, "; ".join(errors))
             return TrialState.FAIL
         if any(r["status"] == "pruned" for r in results):
-            study.tell(number, state=TrialState.PRUNED)
+            _tell_study(study, number, state=TrialState.PRUNED)
             log.info("trial %d pruned", number)
             return TrialState.PRUNED
         per_seed = [r["values"] for r in results]
         means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.objectives))]
         study._storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
                                                                for j, o in enumerate(self.objectives)})
-        study.tell(number, means)
+        _tell_study(study, number, means)
         log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(self.objectives, means)))
         return TrialState.COMPLETE
+
+
+def _tell_study(study: optuna.Study, number: int, values: Optional[Sequence[float]] = None,
+                state: Optional[TrialState] = None) -> None:
+    """study.tell, tolerating GridSampler's `study.stop()` once its grid is used up.
+
+    Optuna stores the trial's state before that call raises (outside `optimize`
+    it may not be called); the sweeper stops by itself when n_trials is reached.
+    """
+    try:
+        study.tell(number, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
 
 
 def _get(done: queue.Queue) -> Any:
@@ -353,7 +373,7 @@ def _fail_interrupted(study: optuna.Study, number: int, trial_id: int, params: d
     try:
         storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         storage.set_trial_user_attr(trial_id, FAIL_REASON, why)
-        study.tell(number, state=TrialState.FAIL)
+        _tell_study(study, number, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         return  # finished meanwhile: nothing to re-queue
     study.enqueue_trial(params, user_attrs={RETRY_OF: number}, skip_if_exists=False)
@@ -366,9 +386,8 @@ def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:
     return dist.low if end == 0 else dist.high
 
 
-def _grid(params: Any) -> dict[str, list[Any]]:
+def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     """GridSampler's search space from choice/range entries (intervals have no grid)."""
-    space = parse_search_space(params)
     grid: dict[str, list[Any]] = {}
     for key, dist in space.distributions.items():
         if isinstance(dist, optuna.distributions.CategoricalDistribution):

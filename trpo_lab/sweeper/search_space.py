@@ -11,7 +11,8 @@ Each entry is `key: expression`, written as on the command line:
 
 `range` keeps Hydra's meaning (b excluded, like Python's range), so
 `range(16, 64, 16)` searches 16, 32, 48. Sweep expressions given on the command
-line (`trpo.delta=interval(0.001,0.05)`) join the space and win over the config.
+line (`trpo.delta=interval(0.001,0.05)`) join the space and win over the config;
+a plain value on the command line (`trpo.delta=0.01`) takes that key out of it.
 """
 from __future__ import annotations
 
@@ -57,10 +58,15 @@ def parse_search_space(params: Mapping[str, Any] | None, arguments: Sequence[str
     entries: list[tuple[str, str, str]] = []  # (key, line, where)
     for key, value in (params or {}).items():
         entries.append((str(key), f"{key}={_as_override_value(value)}", "hydra.sweeper.params"))
+    pinned = set()  # keys the command line sets to one value: they leave the space
     for line in arguments:
-        override = _parse(parser, line, line.split("=", 1)[0], "the command line")
+        key = line.split("=", 1)[0]
+        override = _parse(parser, line, key, "the command line")
         if override.is_sweep_override():
-            entries.append((line.split("=", 1)[0], line, "the command line"))
+            entries.append((key, line, "the command line"))
+            pinned.discard(key)
+        else:
+            pinned.add(key)
 
     for key, line, where in entries:
         override = _parse(parser, line, key, where)
@@ -70,6 +76,10 @@ def parse_search_space(params: Mapping[str, Any] | None, arguments: Sequence[str
         else:
             fixed[key] = override.get_value_element_as_str()
             distributions.pop(key, None)
+
+    for key in pinned:  # the command line's value reaches the jobs with the other plain overrides
+        distributions.pop(key, None)
+        fixed.pop(key, None)
 
     if not distributions:
         raise SearchSpaceError(
