@@ -53,7 +53,8 @@ def test_bad_spaces_name_the_key(params, words):
         parse_search_space(params)
 
 
-@pytest.mark.parametrize("value", [0.0123, 7, True, None, "mlp64", "1e-3", "it's", "a b", "CartPole-v1"])
+@pytest.mark.parametrize("value", [0.0123, 7, True, None, "mlp64", "1e-3", "it's", "a b", "CartPole-v1",
+                                   ["trial-3", "my tag", "x,y"]])
 def test_override_values_parse_back_unchanged(value):
     (override,) = OverridesParser.create().parse_overrides([f"k={override_value(value)}"])
     assert override.value() == value

@@ -275,6 +275,9 @@ class TrpoOptunaSweeperImpl:
                 _fail_interrupted(study, number, ot.trial._trial_id, ot.trial.params, "interrupted (Ctrl-C)")
             write_results(study, sweep_dir, self.objectives)
             raise SystemExit(130) from None  # Ctrl-C's usual exit status, without a traceback
+        for number, ot in open_trials.items():  # stopped early with seeds never launched
+            _fail_interrupted(study, number, ot.trial._trial_id, ot.trial.params,
+                              "the sweep stopped before all its seeds ran")
         write_results(study, sweep_dir, self.objectives)
         if stop_reason:
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
