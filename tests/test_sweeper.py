@@ -86,23 +86,7 @@ def test_trust_region_sweep_with_joblib_and_two_parallel_jobs(tmp_path):
 
 def test_killed_sweep_resumes_to_exactly_n_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    args = [sys.executable, "-m", "trpo_lab", *trust_region_args(sweep_dir, 6)]
-    log = open(tmp_path / "first.log", "w")
-    p = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None:
-            time.sleep(0.5)
-            if (tmp_path / "first.log").read_text().count(": objective=") >= 2:
-                break
-        assert p.poll() is None, "the sweep ended before it could be interrupted"
-        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-        rc = p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    rc = interrupt_after(trust_region_args(sweep_dir, 6), tmp_path, tmp_path / "first.log", ": objective=", 2)
     assert rc == 130, (tmp_path / "first.log").read_text()[-3000:]
     first = load_study(sweep_dir, "trust_region-CartPole-v1")
     done_first = {t.number: t.params for t in first.trials if t.state == TrialState.COMPLETE}
@@ -129,6 +113,38 @@ def test_killed_sweep_resumes_to_exactly_n_trials(tmp_path):
     for t in counted:
         (job,) = [v for k, v in t.user_attrs.items() if k.startswith("job_seed")]
         assert summary_of(sweep_dir, job)["status"] in ("completed", "pruned")
+
+
+def interrupt_after(args: list[str], cwd: Path, log_path: Path, marker: str, count: int) -> int:
+    """Start `python -m trpo_lab ARGS`, send Ctrl-C's SIGINT once `marker` was logged `count` times."""
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "trpo_lab", *args], cwd=cwd, env=cli_env(), stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            time.sleep(0.3)
+            if log_path.read_text().count(marker) >= count:
+                break
+        assert p.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        return p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_ctrl_c_with_the_basic_launcher_requeues_the_running_trial(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=trpo_optuna", *TINY, "trainer.total_steps=20480", "trainer.eval_every=5",
+            "trpo.delta=interval(0.001,0.05)", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}"]
+    rc = interrupt_after(args, tmp_path, tmp_path / "log", "training TRPO", 1)
+    assert rc == 130, (tmp_path / "log").read_text()[-3000:]
+    trials = load_study(sweep_dir, "trpo_lab-CartPole-v1").trials
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["interrupted"]
+    assert trials[1].state == TrialState.WAITING and trials[1].user_attrs["retry_of"] == 0
+    assert summary_of(sweep_dir, 0)["status"] == "interrupted"
 
 
 def test_trials_left_running_by_a_dead_sweeper_are_requeued(tmp_path):

@@ -303,6 +303,8 @@ class TrpoOptunaSweeperImpl:
             (ret,) = self.launcher.launch([job], initial_job_idx=job_num)
             done.put((number, seed, ret))
         except BaseException as err:  # the launcher itself broke: this job failed, the sweep goes on
+            if isinstance(err, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C during an in-process (basic launcher) job: the sweep stops and resumes later
             done.put((number, seed, err))
 
     def _seed_outcome(self, study: optuna.Study, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
