@@ -86,22 +86,23 @@ def test_trust_region_sweep_with_joblib_and_two_parallel_jobs(tmp_path):
 
 def test_killed_sweep_resumes_to_exactly_n_trials(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    rc = interrupt_after(trust_region_args(sweep_dir, 6), tmp_path, tmp_path / "first.log", ": objective=", 2)
+    rc = interrupt_after(trust_region_args(sweep_dir, 5), tmp_path, tmp_path / "first.log", ": objective=", 1)
     assert rc == 130, (tmp_path / "first.log").read_text()[-3000:]
     first = load_study(sweep_dir, "trust_region-CartPole-v1")
     done_first = {t.number: t.params for t in first.trials if t.state == TrialState.COMPLETE}
-    assert 2 <= len(done_first) < 6
+    assert 1 <= len(done_first) < 5
 
-    r = run_cli(*trust_region_args(sweep_dir, 6), cwd=tmp_path, timeout=240)
+    r = run_cli(*trust_region_args(sweep_dir, 5), cwd=tmp_path, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     study = load_study(sweep_dir, "trust_region-CartPole-v1")
+    print((sweep_dir / "trials.csv").read_text())  # shown when an assertion below fails
     counted = [t for t in study.trials if counts_toward_budget(t)]
-    assert len(counted) == 6
+    assert len(counted) == 5
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     for number, params in done_first.items():  # finished trials are kept, untouched
         assert study.trials[number].state == TrialState.COMPLETE and study.trials[number].params == params
     # Nothing run twice: every counted trial has its own parameters ...
-    assert len({tuple(sorted(t.params.items())) for t in counted}) == 6
+    assert len({tuple(sorted(t.params.items())) for t in counted}) == 5
     # ... every trial the interruption stopped is re-run once with the same parameters ...
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     retries = {t.user_attrs["retry_of"]: t for t in study.trials if "retry_of" in t.user_attrs}

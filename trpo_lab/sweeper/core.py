@@ -183,10 +183,15 @@ class TrpoOptunaSweeperImpl:
         except Exception as err:
             raise SweepError(f"hydra.sweeper.sampler: cannot build {cfg.get('_target_')}: {err}") from None
 
-    def _requeue_interrupted(self, study: optuna.Study) -> None:
-        """Trials left RUNNING by a sweeper that died: fail them as interrupted, re-queue their params."""
+    def _requeue_interrupted(self, study: optuna.Study, why: str = "the sweep stopped before it finished"
+                             ) -> None:
+        """Fail the study's RUNNING trials as interrupted and re-queue their parameters.
+
+        Called on start (trials a dead sweeper left behind) and when this sweeper
+        stops early; one sweeper per study, so every RUNNING trial is ours.
+        """
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            _fail_interrupted(study, t.number, t._trial_id, t.params, "the sweep stopped before it finished")
+            _fail_interrupted(study, t.number, t._trial_id, t.params, why)
 
     # ---- the scheduling loop -------------------------------------------------------------
     def _slots(self) -> tuple[int, bool]:
@@ -271,13 +276,10 @@ class TrpoOptunaSweeperImpl:
         except KeyboardInterrupt:
             log.warning("interrupted: marking %d running trial(s) as interrupted; rerun the command to resume",
                         len(open_trials))
-            for number, ot in open_trials.items():
-                _fail_interrupted(study, number, ot.trial._trial_id, ot.trial.params, "interrupted (Ctrl-C)")
+            self._requeue_interrupted(study, "interrupted (Ctrl-C)")
             write_results(study, sweep_dir, self.objectives)
             raise SystemExit(130) from None  # Ctrl-C's usual exit status, without a traceback
-        for number, ot in open_trials.items():  # stopped early with seeds never launched
-            _fail_interrupted(study, number, ot.trial._trial_id, ot.trial.params,
-                              "the sweep stopped before all its seeds ran")
+        self._requeue_interrupted(study, "the sweep stopped before all its seeds ran")
         write_results(study, sweep_dir, self.objectives)
         if stop_reason:
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
@@ -375,6 +377,8 @@ def _get(done: queue.Queue) -> Any:
 
 def _fail_interrupted(study: optuna.Study, number: int, trial_id: int, params: dict, why: str) -> None:
     storage = study._storage
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return  # told just before the interruption: it stands as it is
     try:
         storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
         storage.set_trial_user_attr(trial_id, FAIL_REASON, why)
