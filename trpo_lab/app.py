@@ -7,6 +7,7 @@ raised instead, so the sweeper records that job and goes on.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -16,8 +17,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
-
-import os
 
 from trpo_lab.config import ConfigError, to_config, validate
 from trpo_lab.envs import EnvError
@@ -63,6 +62,15 @@ class OutputDirCheck(Callback):
         _check_output_dir("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
+def _trial_reporter(cfg):
+    """The job's link to its Optuna trial; None outside a trpo_optuna sweep (optuna not imported)."""
+    if cfg.trial.study is None:
+        return None
+    from trpo_lab.sweeper.job import open_trial
+
+    return open_trial(cfg.trial)
+
+
 def run(dict_cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = _in_multirun()
@@ -74,8 +82,9 @@ def run(dict_cfg: DictConfig) -> float:
             raise
         _fail(f"error: {err}", 2)
     _interrupt_on_sigterm()
+    reporter = _trial_reporter(cfg)
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, on_eval=reporter.on_eval if reporter else None)
     except (EnvError, DivergedError, OSError) as err:
         if multirun:
             raise
@@ -84,6 +93,8 @@ def run(dict_cfg: DictConfig) -> float:
         if multirun:
             raise
         _fail(f"interrupted; outputs in {run_dir}", 130)
+    if reporter is not None:
+        reporter.record(summary, run_dir)
     print(f"trpo_lab: {summary['status']}: eval return {summary['eval_return']:.2f}, "
           f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
     return float(summary["objective"])

@@ -104,12 +104,25 @@ class LoggerConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Which Optuna trial this job is; set by the trpo_optuna sweeper, empty outside sweeps."""
+
+    storage: Optional[str] = None  # see trpo_lab/sweeper/storage.py for the URL forms
+    study: Optional[str] = None
+    number: Optional[int] = None   # the trial number users see
+    id: Optional[int] = None       # the storage's trial id
+    seed_index: int = 0            # which of the trial's `seeds` runs this job is
+    seeds: int = 1
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     trpo: TRPOConfig = field(default_factory=TRPOConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 def register_configs() -> None:
@@ -126,7 +139,7 @@ def to_config(cfg: DictConfig | Config) -> Config:
     """The typed object behind a composed DictConfig (extra top-level nodes dropped)."""
     if isinstance(cfg, Config):
         return cfg
-    known = {k: cfg[k] for k in ("env", "network", "trpo", "trainer", "logger") if k in cfg}
+    known = {k: cfg[k] for k in ("env", "network", "trpo", "trainer", "logger", "trial") if k in cfg}
     merged = OmegaConf.merge(OmegaConf.structured(Config), known)
     return OmegaConf.to_object(merged)
 

@@ -1,0 +1,11 @@
+"""trpo_lab's Optuna sweeper (`hydra/sweeper=trpo_optuna`; usage in docs/sweeps.md).
+
+    search_space.py  hydra.sweeper.params grammar -> Optuna distributions
+    core.py          the sweeper: study, scheduling loop, telling results
+    job.py           the job's side: report evaluations, prune, record the summary
+    storage.py       journal file or RDB URL, opened alike by sweeper and jobs
+    results.py       best_params.yaml, best_overrides.txt, pareto_front.yaml, trials.csv
+
+Hydra instantiates it through hydra_plugins/trpo_optuna_sweeper (plugins must
+live in that namespace).
+"""

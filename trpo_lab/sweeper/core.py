@@ -1,0 +1,409 @@
+"""The trpo_optuna sweeper: Optuna ask-and-tell over Hydra launchers, one job per (trial, seed).
+
+The loop keeps `n_jobs` slots busy: whenever a job ends (done, pruned or
+failed) the next one starts, asking the study for a new trial when no seed of
+an open trial is waiting. Hydra launchers take a batch and return when all of
+it is done, so each job is its own single-job `launcher.launch` call, made from
+a thread per running job (the basic launcher runs jobs in this process, so it
+gets one slot and no threads).
+
+Everything needed to resume lives in the study: trials and their states, the
+job numbers each trial used (`job_seed<i>` user attrs), each seed's summary.
+Rerunning the same command reopens the study, fails and re-queues the trials a
+dead sweeper left running, and continues the job numbers.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from trpo_lab import metrics as M
+from trpo_lab.sweeper.job import PRUNER_ATTR, seed_attr
+from trpo_lab.sweeper.results import counts_toward_budget, write_results
+from trpo_lab.sweeper.search_space import SearchSpace, override_value, parse_search_space
+from trpo_lab.sweeper.storage import default_storage_url, open_storage
+
+log = logging.getLogger(__name__)
+
+FAIL_REASON = "fail_reason"
+INTERRUPTED = "interrupted"
+RETRY_OF = "retry_of"
+JOB_ATTR = "job_seed{}"
+NUMERIC_FIELDS = tuple(f for f in M.SUMMARY_FIELDS if f not in ("env_id", "status"))
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or must stop; the message says why and what to change."""
+
+
+@dataclass
+class _OpenTrial:
+    trial: optuna.trial.Trial
+    overrides: list[str]
+    pending: deque = field(default_factory=deque)  # seed indices not started yet
+    running: int = 0
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)  # seed -> outcome
+    doomed: Optional[str] = None  # "pruned"/"failed" once a seed says so: skip the rest
+
+
+class TrpoOptunaSweeperImpl:
+    def __init__(self, *, study_name: str, storage: Optional[str], n_trials: int, n_jobs: Optional[int],
+                 direction: Any, objectives: Any, sampler: Any, pruner: Any, params: Any,
+                 seeds_per_trial: int, max_failure_rate: float) -> None:
+        self.study_name = str(study_name)
+        self.storage_url = storage
+        self.n_trials = int(n_trials)
+        self.n_jobs = n_jobs
+        self.directions = [direction] if isinstance(direction, str) else list(direction)
+        self.objectives = [objectives] if isinstance(objectives, str) else list(objectives)
+        self.sampler_cfg = sampler
+        self.pruner_cfg = pruner
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        self.seeds_per_trial = int(seeds_per_trial)
+        self.max_failure_rate = float(max_failure_rate)
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    # ---- Hydra's Sweeper interface -------------------------------------------------------
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> list[optuna.trial.FrozenTrial]:
+        assert self.config is not None and self.launcher is not None
+        self._check_settings()
+        space = parse_search_space(self.params, arguments)
+        parser = OverridesParser.create()
+        base_args = [a for a in arguments if not parser.parse_overrides([a])[0].is_sweep_override()]
+        base_args += [f"{k}={v}" for k, v in space.fixed.items()]
+        self._check_composes(space, base_args)
+
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage_url = self.storage_url or default_storage_url(sweep_dir)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = self._open_study(storage_url, arguments, space)
+        self._requeue_interrupted(study)
+        return self._run(study, storage_url, space, base_args, sweep_dir)
+
+    # ---- checks before any job runs ------------------------------------------------------
+    def _check_settings(self) -> None:
+        if self.n_trials < 1:
+            raise SweepError(f"hydra.sweeper.n_trials={self.n_trials} must be >= 1")
+        if self.seeds_per_trial < 1:
+            raise SweepError(f"hydra.sweeper.seeds_per_trial={self.seeds_per_trial} must be >= 1")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise SweepError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1]")
+        for d in self.directions:
+            if d not in ("maximize", "minimize"):
+                raise SweepError(f"hydra.sweeper.direction: {d!r} must be maximize or minimize")
+        if len(self.directions) != len(self.objectives):
+            raise SweepError(f"hydra.sweeper.direction has {len(self.directions)} entries but "
+                             f"hydra.sweeper.objectives has {len(self.objectives)}: give one direction per objective")
+        for o in self.objectives:
+            if o not in NUMERIC_FIELDS:
+                raise SweepError(f"hydra.sweeper.objectives: {o!r} is not a summary.json number; "
+                                 f"choose from {NUMERIC_FIELDS}")
+        pruner_target = str((self.pruner_cfg or {}).get("_target_", "NopPruner"))
+        if len(self.objectives) > 1 and not pruner_target.endswith("NopPruner"):
+            raise SweepError("Optuna cannot prune multi-objective studies: set hydra/sweeper/pruner=none")
+
+    def _check_composes(self, space: SearchSpace, base_args: list[str]) -> None:
+        """Compose one job's config at the space's bounds, so a typo fails before any job runs."""
+        assert self.hydra_context is not None
+        for end in (0, -1):
+            sample = [f"{k}={override_value(_bound(d, end))}" for k, d in space.distributions.items()]
+            try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, base_args + sample)
+            except Exception as err:
+                raise SweepError(f"a trial's config does not compose: {err}") from None
+            try:
+                from trpo_lab.config import to_config, validate
+                validate(to_config(cfg))
+            except ValueError as err:
+                raise SweepError(f"the search space reaches an invalid config ({' '.join(sample)}): {err}") from None
+
+    # ---- the study -----------------------------------------------------------------------
+    def _open_study(self, storage_url: str, arguments: list[str], space: SearchSpace) -> optuna.Study:
+        storage = open_storage(storage_url)
+        try:
+            study = optuna.create_study(study_name=self.study_name, storage=storage,
+                                        directions=self.directions, load_if_exists=True)
+        except ValueError as err:
+            raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
+        # A seeded sampler restarted on resume would propose the first run's points again:
+        # offset its seed by the trials the study already holds (still repeatable).
+        study.sampler = self._sampler(space, seed_offset=len(study.get_trials(deepcopy=False)))
+        if [d.name.lower() for d in study.directions] != self.directions:
+            raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
+                             f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
+                             "pick another hydra.sweeper.study_name")
+        old_args = study.user_attrs.get("arguments")
+        if old_args is not None and sorted(old_args) != sorted(arguments):
+            log.warning("resuming study %r, started with other overrides (%s); now: %s",
+                        self.study_name, " ".join(old_args), " ".join(arguments))
+        study.set_user_attr("arguments", list(arguments))
+        study.set_user_attr("objectives", self.objectives)
+        study.set_user_attr("seeds_per_trial", self.seeds_per_trial)
+        study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True)
+                            if isinstance(self.pruner_cfg, DictConfig) else self.pruner_cfg)
+        log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
+        return study
+
+    def _sampler(self, space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        cfg = self.sampler_cfg
+        if cfg is None:
+            cfg = {"_target_": "optuna.samplers.TPESampler", "seed": 0}
+        cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        if cfg.get("seed") is not None:
+            cfg["seed"] = int(cfg["seed"]) + seed_offset
+        if cfg.get("_target_", "").endswith("GridSampler") and not cfg.get("search_space"):
+            cfg["search_space"] = _grid(space)
+        try:
+            return instantiate(cfg)
+        except Exception as err:
+            raise SweepError(f"hydra.sweeper.sampler: cannot build {cfg.get('_target_')}: {err}") from None
+
+    def _requeue_interrupted(self, study: optuna.Study, why: str = "the sweep stopped before it finished"
+                             ) -> None:
+        """Fail the study's RUNNING trials as interrupted and re-queue their parameters.
+
+        Called on start (trials a dead sweeper left behind) and when this sweeper
+        stops early; one sweeper per study, so every RUNNING trial is ours.
+        """
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            _fail_interrupted(study, t.number, t._trial_id, t.params, why)
+
+    # ---- the scheduling loop -------------------------------------------------------------
+    def _slots(self) -> tuple[int, bool]:
+        """(parallel jobs, whether to use threads): the basic launcher runs jobs here, one at a time."""
+        basic = type(self.launcher).__name__ == "BasicLauncher"
+        n = self.n_jobs
+        if n is None:
+            n = int(self.config.hydra.launcher.get("n_jobs", 1) or 1)
+            if n < 0:
+                n = os.cpu_count() or 1
+        if basic and n > 1:
+            log.warning("the basic launcher runs one job at a time; use hydra/launcher=joblib for n_jobs=%d", n)
+        return (1, False) if basic else (max(1, int(n)), True)
+
+    def _run(self, study: optuna.Study, storage_url: str, space: SearchSpace, base_args: list[str],
+             sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
+        slots, threaded = self._slots()
+        n_trials = self.n_trials
+        if isinstance(study.sampler, optuna.samplers.GridSampler):
+            grid = math.prod(len(v) for v in _grid(space).values())
+            if grid < n_trials:
+                log.info("the grid has %d points: running %d trials, not n_trials=%d", grid, grid, n_trials)
+                n_trials = grid
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(counts_toward_budget(t) for t in trials)
+        failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL for t in trials)
+        next_job = 1 + max((v for t in trials for k, v in t.user_attrs.items() if k.startswith("job_seed")),
+                           default=-1)
+        log.info("%d of %d trials finished; %d parallel jobs, %d seed(s) per trial, first job number %d",
+                 finished, n_trials, slots, self.seeds_per_trial, next_job)
+
+        done: queue.Queue = queue.Queue()
+        open_trials: dict[int, _OpenTrial] = {}
+        waiting: deque = deque()  # (trial number, seed index)
+        running, stop_reason = 0, None
+        base_seed = int(OmegaConf.select(self.config, "trainer.seed", default=0) or 0)
+        tags = list(OmegaConf.select(self.config, "logger.wandb.tags", default=[]) or [])
+        try:
+            while True:
+                while running < slots and stop_reason is None:
+                    if not waiting:
+                        if finished + len(open_trials) >= n_trials:
+                            break
+                        trial = study.ask(space.distributions)
+                        overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+                        open_trials[trial.number] = _OpenTrial(trial, overrides)
+                        waiting.extend((trial.number, i) for i in range(self.seeds_per_trial))
+                    number, seed = waiting.popleft()
+                    ot = open_trials.get(number)
+                    if ot is None or ot.doomed:  # a sibling seed was pruned or failed: skip this one
+                        continue
+                    job_num, next_job = next_job, next_job + 1
+                    study._storage.set_trial_user_attr(ot.trial._trial_id, JOB_ATTR.format(seed), job_num)
+                    job = base_args + ot.overrides + self._trial_overrides(
+                        storage_url, ot.trial, seed, base_seed, tags)
+                    ot.running += 1
+                    running += 1
+                    log.info("trial %d seed %d -> job %d: %s", number, seed, job_num, " ".join(ot.overrides))
+                    if threaded:
+                        threading.Thread(target=self._launch, args=(number, seed, job, job_num, done),
+                                         daemon=True, name=f"job{job_num}").start()
+                    else:
+                        self._launch(number, seed, job, job_num, done)
+                if running == 0:
+                    break
+                number, seed, outcome = _get(done)
+                running -= 1
+                ot = open_trials[number]
+                ot.running -= 1
+                ot.results[seed] = self._seed_outcome(study, ot.trial._trial_id, seed, outcome)
+                if ot.results[seed]["status"] in ("pruned", "failed") and not ot.doomed:
+                    ot.doomed = ot.results[seed]["status"]
+                if ot.running == 0 and (ot.doomed or len(ot.results) == self.seeds_per_trial):
+                    state = self._tell(study, ot)
+                    del open_trials[number]
+                    finished += 1
+                    failures += state == TrialState.FAIL
+                    if failures > self.max_failure_rate * n_trials and stop_reason is None:
+                        stop_reason = (f"{failures} of {n_trials} trials failed, above "
+                                       f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+                        log.error("stopping the sweep: %s", stop_reason)
+        except KeyboardInterrupt:
+            log.warning("interrupted: marking %d running trial(s) as interrupted; rerun the command to resume",
+                        len(open_trials))
+            self._requeue_interrupted(study, "interrupted (Ctrl-C)")
+            write_results(study, sweep_dir, self.objectives)
+            raise SystemExit(130) from None  # Ctrl-C's usual exit status, without a traceback
+        self._requeue_interrupted(study, "the sweep stopped before all its seeds ran")
+        write_results(study, sweep_dir, self.objectives)
+        if stop_reason:
+            raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
+        return study.get_trials(deepcopy=False)
+
+    def _trial_overrides(self, storage_url: str, trial: optuna.trial.Trial, seed: int, base_seed: int,
+                         tags: list[str]) -> list[str]:
+        """The `trial` node, the seed and the wandb grouping that tie a job to its trial."""
+        return [
+            f"trial.storage={override_value(storage_url)}",
+            f"trial.study={override_value(self.study_name)}",
+            f"trial.number={trial.number}",
+            f"trial.id={trial._trial_id}",
+            f"trial.seed_index={seed}",
+            f"trial.seeds={self.seeds_per_trial}",
+            f"trainer.seed={base_seed + seed}",
+            f"logger.wandb.group={override_value(self.study_name)}",
+            "logger.wandb.tags=" + override_value(tags + [f"trial-{trial.number}", f"seed-{seed}"]),
+        ]
+
+    def _launch(self, number: int, seed: int, job: list[str], job_num: int, done: queue.Queue) -> None:
+        try:
+            (ret,) = self.launcher.launch([job], initial_job_idx=job_num)
+            done.put((number, seed, ret))
+        except BaseException as err:  # the launcher itself broke: this job failed, the sweep goes on
+            if isinstance(err, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+                raise  # Ctrl-C during an in-process (basic launcher) job: the sweep stops and resumes later
+            done.put((number, seed, err))
+
+    def _seed_outcome(self, study: optuna.Study, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
+        """{"status": completed/pruned/failed, "values": [...], "error": ...} of one seed's job."""
+        if isinstance(outcome, BaseException):
+            return {"status": "failed", "error": f"launcher error: {type(outcome).__name__}: {outcome}"}
+        assert isinstance(outcome, JobReturn)
+        if outcome.status != JobStatus.COMPLETED:
+            err = outcome._return_value
+            return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+        record = study._storage.get_trial(trial_id).user_attrs.get(seed_attr(seed))
+        if record is None:  # a task function that does not report: its return value is the objective
+            if len(self.objectives) > 1:
+                return {"status": "failed", "error": "the job recorded no summary for a multi-objective study"}
+            record = {"status": "completed", self.objectives[0]: outcome.return_value}
+        if record.get("status") == "pruned":
+            return {"status": "pruned"}
+        values = [float(record.get(o, float("nan"))) for o in self.objectives]
+        bad = [o for o, v in zip(self.objectives, values) if not math.isfinite(v)]
+        if bad:
+            return {"status": "failed", "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
+        return {"status": "completed", "values": values}
+
+    def _tell(self, study: optuna.Study, ot: _OpenTrial) -> TrialState:
+        tid, number = ot.trial._trial_id, ot.trial.number
+        results = [ot.results[s] for s in sorted(ot.results)]
+        errors = [r["error"] for r in results if r["status"] == "failed"]
+        if errors:
+            study._storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
+            _tell_study(study, number, state=TrialState.FAIL)
+            log.warning("trial %d failed: %s", number, "; ".join(errors))
+            return TrialState.FAIL
+        if any(r["status"] == "pruned" for r in results):
+            _tell_study(study, number, state=TrialState.PRUNED)
+            log.info("trial %d pruned", number)
+            return TrialState.PRUNED
+        per_seed = [r["values"] for r in results]
+        means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.objectives))]
+        study._storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
+                                                               for j, o in enumerate(self.objectives)})
+        _tell_study(study, number, means)
+        log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(self.objectives, means)))
+        return TrialState.COMPLETE
+
+
+def _tell_study(study: optuna.Study, number: int, values: Optional[Sequence[float]] = None,
+                state: Optional[TrialState] = None) -> None:
+    """study.tell, tolerating GridSampler's `study.stop()` once its grid is used up.
+
+    Optuna stores the trial's state before that call raises (outside `optimize`
+    it may not be called); the sweeper stops by itself when n_trials is reached.
+    """
+    try:
+        study.tell(number, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
+def _get(done: queue.Queue) -> Any:
+    """Wait for a finished job in short slices, so Ctrl-C reaches this thread promptly."""
+    while True:
+        try:
+            return done.get(timeout=0.5)
+        except queue.Empty:
+            continue
+
+
+def _fail_interrupted(study: optuna.Study, number: int, trial_id: int, params: dict, why: str) -> None:
+    storage = study._storage
+    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+        return  # told just before the interruption: it stands as it is
+    try:
+        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
+        storage.set_trial_user_attr(trial_id, FAIL_REASON, why)
+        _tell_study(study, number, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        return  # finished meanwhile: nothing to re-queue
+    study.enqueue_trial(params, user_attrs={RETRY_OF: number}, skip_if_exists=False)
+    log.warning("trial %d: %s; re-queued with the same parameters", number, why)
+
+
+def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[end]
+    return dist.low if end == 0 else dist.high
+
+
+def _grid(space: SearchSpace) -> dict[str, list[Any]]:
+    """GridSampler's search space from choice/range entries (intervals have no grid)."""
+    grid: dict[str, list[Any]] = {}
+    for key, dist in space.distributions.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif getattr(dist, "step", None) and not getattr(dist, "log", False):
+            n = int(round((dist.high - dist.low) / dist.step))
+            grid[key] = [dist.low + i * dist.step for i in range(n + 1)]
+        else:
+            raise SweepError(f"the grid sampler needs choice(...) or range(...) for {key}, not an interval")
+    return grid
