@@ -9,12 +9,48 @@ passed to jobs as the `trial.storage` override:
 """
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from pathlib import Path
 
 import optuna
 
 JOURNAL_PREFIX = "journal:"
 JOURNAL_NAME = "optuna.journal"
+
+
+class FlockLock:
+    """The journal's inter-process lock, held with flock(2) on `<journal>.flock`.
+
+    Implements the acquire/release protocol JournalFileBackend calls its lock with.
+
+    The kernel drops a flock when its holder dies, even by kill -9, so a killed
+    job never leaves a stale lock behind. Optuna's default symlink lock can: and
+    when Ctrl-C reaches a process that is still waiting for it, its release
+    renames away the lock another process holds (two writers at once). flock
+    works on local disks; across machines use an RDB URL.
+    """
+
+    def __init__(self, journal_path: str):
+        self._path = journal_path + ".flock"
+        self._held = threading.local()  # the descriptor this thread holds the lock through
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # interrupted while waiting: we hold nothing, release nothing
+            os.close(fd)
+            raise
+        self._held.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd = getattr(self._held, "fd", None)
+        self._held.fd = None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
 
 
 def default_storage_url(sweep_dir: Path) -> str:
@@ -26,7 +62,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(JOURNAL_PREFIX):
         path = Path(url[len(JOURNAL_PREFIX):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite"):
         optuna.logging.get_logger(__name__).warning(
             "SQLite storage is not safe for parallel jobs (Optuna FAQ); prefer the default journal file")
