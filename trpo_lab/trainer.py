@@ -26,6 +26,7 @@ from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, mak
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
 from trpo_lab.trpo import UpdateStats, gae, trpo_update
+from trpo_lab.value_fit import ValueFitter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Agent:
 
     policy: Policy
     value: ValueNet
-    value_optimizer: torch.optim.Optimizer
+    value_fitter: ValueFitter  # Adam on the critic's MSE (holds Adam's state)
     obs_norm: ObsNormalizer
     reward_scaler: RewardScaler
 
@@ -54,7 +55,7 @@ class Agent:
         return {
             "policy": self.policy.state_dict(),
             "value": self.value.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
+            "value_optimizer": self.value_fitter.state_dict(),
             "obs_norm": self.obs_norm.state_dict(),
             "reward_scaler": self.reward_scaler.state_dict(),
         }
@@ -62,7 +63,7 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.value_fitter.load_state_dict(state["value_optimizer"])
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
 
@@ -75,7 +76,7 @@ def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Spa
     return Agent(
         policy=policy,
         value=value,
-        value_optimizer=torch.optim.Adam(value.parameters(), lr=cfg.trpo.value_lr),
+        value_fitter=ValueFitter(value, net.activation, lr=cfg.trpo.value_lr),
         obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
         reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
     )
@@ -158,23 +159,6 @@ def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam:
     return adv, adv + values, values
 
 
-def fit_value(agent: Agent, obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch: int,
-              generator: torch.Generator) -> float:
-    """Regress V(s) on the returns with Adam; returns the mean minibatch MSE."""
-    losses = []
-    n = obs.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, minibatch):
-            idx = perm[start:start + minibatch]
-            loss = torch.mean((agent.value(obs[idx]) - returns[idx]) ** 2)
-            agent.value_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            agent.value_optimizer.step()
-            losses.append(loss.detach())
-    return float(torch.stack(losses).mean()) if losses else float("nan")
-
-
 def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
              ) -> tuple[float, float]:
     """Mean and std of the deterministic policy's return over `episodes` episodes."""
@@ -251,8 +235,8 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 torch.from_numpy(flat_adv.astype(np.float32)),
                 pc.delta, pc.cg_iters, pc.cg_damping, pc.backtrack_iters, pc.backtrack_coeff,
             )
-            value_loss = fit_value(agent, obs_t, torch.from_numpy(returns.reshape(-1)),
-                                   pc.value_epochs, pc.value_minibatch, generator)
+            value_loss = agent.value_fitter.fit(obs_t, torch.from_numpy(returns.reshape(-1)),
+                                                pc.value_epochs, pc.value_minibatch, generator)
             if not math.isfinite(value_loss) and pc.value_epochs > 0:
                 raise DivergedError(f"value loss became {value_loss}")
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):

@@ -1,0 +1,128 @@
+"""Fitting the critic V(s) to the returns: minibatch MSE regression with Adam.
+
+DESIGN.md step 4, with the mathematics of `torch.optim.Adam` on
+`mean((V(s) - R)^2)`, written out for the MLP critic. An iteration makes
+epochs x (batch / minibatch) = 320 tiny steps (minibatch 128, 64x64 net) at
+the rl-zoo3 settings; through autograd and `torch.optim` each costs about a
+millisecond of framework overhead on one CPU thread, several times its
+arithmetic. Here a step is a forward pass, a hand-written backward pass and
+an Adam step on one flat parameter vector: about 20 tensor operations and no
+graph. tests/test_value_fit.py checks it against autograd + torch.optim.Adam.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from trpo_lab.policies import ValueNet
+
+# d activation(z) / dz given the pre-activation z and the activation y = f(z).
+_DERIVATIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "tanh": lambda z, y: 1.0 - y * y,
+    "relu": lambda z, y: (z > 0).to(y.dtype),
+    "elu": lambda z, y: torch.where(z > 0, torch.ones_like(y), y + 1.0),
+    "silu": lambda z, y: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z))),
+}
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu,
+}
+
+
+def adam_step(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int,
+              lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+    """One Adam update in place (Kingma & Ba 2015, Algorithm 1, as torch.optim.Adam computes it).
+
+        m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2
+        param <- param - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+    """
+    m.lerp_(grad, 1.0 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+    denom = (v.sqrt() / (1.0 - beta2**step) ** 0.5).add_(eps)
+    param.addcdiv_(m, denom, value=-lr / (1.0 - beta1**step))
+
+
+class ValueFitter:
+    """Adam on the MSE of a `ValueNet`, with the gradient computed by hand.
+
+    The net's parameters are re-pointed into one flat vector (the module, its
+    state_dict and checkpoints are unchanged), so Adam is a handful of
+    operations on that vector. Holds Adam's state; `state_dict` saves it.
+    """
+
+    def __init__(self, value: ValueNet, activation: str, lr: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.linears = [m for m in value.net if isinstance(m, nn.Linear)]
+        self.act, self.act_grad = _ACTIVATIONS[activation], _DERIVATIVES[activation]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        params = [p for layer in self.linears for p in (layer.weight, layer.bias)]
+        with torch.no_grad():
+            self.flat = torch.cat([p.reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.flat)
+        self.grads = []  # (weight grad, bias grad) views of self.grad, per layer
+        offset = 0
+        for layer in self.linears:
+            views = []
+            for p in (layer.weight, layer.bias):
+                n = p.numel()
+                p.data = self.flat[offset:offset + n].view_as(p)
+                views.append(self.grad[offset:offset + n].view_as(p))
+                offset += n
+            self.grads.append(tuple(views))
+        self.m, self.v, self.step = torch.zeros_like(self.flat), torch.zeros_like(self.flat), 0
+
+    @torch.no_grad()
+    def minibatch_step(self, obs: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """One Adam step on mean((V(obs) - returns)^2); obs [B, obs_dim], returns [B].
+
+        Returns the loss before the step, a 0-d tensor.
+        """
+        # Forward, keeping each layer's input and pre-activation.
+        inputs, pre = [], []
+        h = obs
+        for i, layer in enumerate(self.linears):
+            inputs.append(h)
+            z = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(self.linears) - 1:
+                pre.append(z)
+                h = self.act(z)
+            else:
+                h = z
+        residual = h.squeeze(-1) - returns
+        loss = residual.dot(residual) / residual.shape[0]
+        # Backward: delta = d loss / d z of each layer, from the output down.
+        delta = (residual * (2.0 / residual.shape[0])).unsqueeze(-1)
+        for i in range(len(self.linears) - 1, -1, -1):
+            grad_w, grad_b = self.grads[i]
+            torch.mm(delta.t(), inputs[i], out=grad_w)
+            torch.sum(delta, 0, out=grad_b)
+            if i > 0:
+                delta = (delta @ self.linears[i].weight) * self.act_grad(pre[i - 1], inputs[i])
+        self.step += 1
+        adam_step(self.flat, self.grad, self.m, self.v, self.step, self.lr, *self.betas, self.eps)
+        return loss
+
+    def fit(self, obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch: int,
+            generator: torch.Generator) -> float:
+        """`epochs` passes over (obs [B, obs_dim], returns [B]) in random minibatches.
+
+        Returns the mean minibatch loss (nan when epochs is 0).
+        """
+        n = obs.shape[0]
+        losses = []
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=generator)
+            obs_p, returns_p = obs[perm], returns[perm]  # one gather per epoch; minibatches are views
+            for start in range(0, n, minibatch):
+                losses.append(self.minibatch_step(obs_p[start:start + minibatch],
+                                                  returns_p[start:start + minibatch]))
+        return float(torch.stack(losses).mean()) if losses else float("nan")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "exp_avg": self.m.clone(), "exp_avg_sq": self.v.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.m.copy_(state["exp_avg"])
+        self.v.copy_(state["exp_avg_sq"])
