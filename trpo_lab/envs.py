@@ -58,6 +58,8 @@ class _EpisodeTracker:
     def add(self, rewards: np.ndarray, ended: np.ndarray) -> list[tuple[float, int]]:
         self.returns += rewards
         self.lengths += 1
+        if not ended.any():
+            return []
         finished = []
         for i in np.flatnonzero(ended):
             finished.append((float(self.returns[i]), int(self.lengths[i])))
@@ -76,7 +78,11 @@ def _step_one(env: gym.Env, action) -> tuple[np.ndarray, float, bool, bool, np.n
 
 
 class SyncVecEnv:
-    """N environments stepped one after another in this process."""
+    """N environments stepped one after another in this process.
+
+    `step` writes into arrays allocated once and returns views of them: the
+    StepResult of one step is valid until the next call (copy what you keep).
+    """
 
     def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
         self.envs = [make_env(cfg) for _ in range(n_envs)]
@@ -85,6 +91,14 @@ class SyncVecEnv:
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self._tracker = _EpisodeTracker(n_envs)
+        self._allocate()
+
+    def _allocate(self) -> None:
+        n, shape = self.num_envs, self.observation_space.shape
+        self._obs = np.zeros((n, *shape))
+        self._rewards = np.zeros(n)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
 
     def reset(self) -> np.ndarray:
         obs = []
@@ -94,17 +108,21 @@ class SyncVecEnv:
         return np.asarray(obs, dtype=np.float64)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        results = [_step_one(env, a) for env, a in zip(self.envs, actions)]
-        return self._collect(results)
+        final_obs: dict[int, np.ndarray] = {}
+        for i, (env, action) in enumerate(zip(self.envs, actions)):
+            self._store(i, _step_one(env, action), final_obs)
+        return self._result(final_obs)
 
-    def _collect(self, results) -> StepResult:
-        obs, rewards, terminated, truncated, finals = zip(*results)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
-        rewards = np.asarray(rewards, dtype=np.float64)
-        final_obs = {i: np.asarray(f, dtype=np.float64) for i, f in enumerate(finals) if f is not None}
-        episodes = self._tracker.add(rewards, terminated | truncated)
-        return StepResult(np.asarray(obs, dtype=np.float64), rewards, terminated, truncated, final_obs, episodes)
+    def _store(self, i: int, result: tuple, final_obs: dict[int, np.ndarray]) -> None:
+        """Write environment i's `_step_one` result into the step arrays."""
+        obs, self._rewards[i], self._terminated[i], self._truncated[i], final = result
+        self._obs[i] = obs
+        if final is not None:
+            final_obs[i] = np.asarray(final, dtype=np.float64)
+
+    def _result(self, final_obs: dict[int, np.ndarray]) -> StepResult:
+        episodes = self._tracker.add(self._rewards, self._terminated | self._truncated)
+        return StepResult(self._obs, self._rewards, self._terminated, self._truncated, final_obs, episodes)
 
     def close(self) -> None:
         for env in self.envs:
@@ -141,6 +159,7 @@ class SubprocVecEnv(SyncVecEnv):
         self.num_envs = n_envs
         self.seed = seed
         self._tracker = _EpisodeTracker(n_envs)
+        self._allocate()
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         self.remotes, self.processes = [], []
         for _ in range(n_envs):
@@ -159,7 +178,10 @@ class SubprocVecEnv(SyncVecEnv):
     def step(self, actions: np.ndarray) -> StepResult:
         for remote, a in zip(self.remotes, actions):
             remote.send(("step", a))
-        return self._collect([remote.recv() for remote in self.remotes])
+        final_obs: dict[int, np.ndarray] = {}
+        for i, remote in enumerate(self.remotes):
+            self._store(i, remote.recv(), final_obs)
+        return self._result(final_obs)
 
     def close(self) -> None:
         for remote in self.remotes:
@@ -186,7 +208,12 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, n = batch.mean(0), batch.var(0), batch.shape[0]
+        # Sums rather than batch.mean / batch.var: the same numbers without their
+        # Python-level overhead, which dominates for the per-step batch of N rows.
+        n = batch.shape[0]
+        batch_mean = np.add.reduce(batch, 0) / n
+        diff = batch - batch_mean
+        batch_var = np.add.reduce(diff * diff, 0) / n
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean = self.mean + delta * n / total

@@ -115,9 +115,10 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
     box = isinstance(venv.action_space, gym.spaces.Box)
     low, high = (venv.action_space.low, venv.action_space.high) if box else (None, None)
     rollout.truncations = []
+    noise = actor.noise(rng, *rollout.behaviour_logp.shape)
     for t in range(rollout.obs.shape[0]):
         obs_n = agent.obs_norm(obs, update=True)
-        actions, logp = actor.sample(obs_n, rng)
+        actions, logp = actor.sample(obs_n, noise[t])
         step = venv.step(np.clip(actions, low, high) if box else actions)
         if not (np.isfinite(step.obs).all() and np.isfinite(step.rewards).all()):
             raise DivergedError("the environment returned a non-finite observation or reward")
@@ -133,10 +134,11 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
                 if not np.isfinite(final).all():
                     raise DivergedError("the environment returned a non-finite observation")
                 rollout.truncations.append((t, i, agent.obs_norm(final[None])[0]))
-        episodes.extend(step.episodes)
-        obs = step.obs
+        if step.episodes:
+            episodes.extend(step.episodes)
+        obs = step.obs  # the vector env's buffer: read (by obs_norm) before the next step rewrites it
     rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
-    return obs
+    return obs.copy()
 
 
 def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam: float

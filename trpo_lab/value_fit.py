@@ -5,29 +5,19 @@ DESIGN.md step 4, with the mathematics of `torch.optim.Adam` on
 epochs x (batch / minibatch) = 320 tiny steps (minibatch 128, 64x64 net) at
 the rl-zoo3 settings; through autograd and `torch.optim` each costs about a
 millisecond of framework overhead on one CPU thread, several times its
-arithmetic. Here a step is a forward pass, a hand-written backward pass and
-an Adam step on one flat parameter vector: about 20 tensor operations and no
-graph. tests/test_value_fit.py checks it against autograd + torch.optim.Adam.
+arithmetic. Here a step is a forward pass, a hand-written backward pass
+(`mlp_grad.Linearisation`) and an Adam step on one flat parameter vector:
+about 20 tensor operations and no graph. tests/test_value_fit.py checks it
+against autograd + torch.optim.Adam.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import nn
 
+from trpo_lab.mlp_grad import Linearisation, linear_layers
 from trpo_lab.policies import ValueNet
-
-# d activation(z) / dz given the pre-activation z and the activation y = f(z).
-_DERIVATIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "tanh": lambda z, y: 1.0 - y * y,
-    "relu": lambda z, y: (z > 0).to(y.dtype),
-    "elu": lambda z, y: torch.where(z > 0, torch.ones_like(y), y + 1.0),
-    "silu": lambda z, y: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z))),
-}
-_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu,
-}
 
 
 def adam_step(param: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int,
@@ -53,23 +43,21 @@ class ValueFitter:
 
     def __init__(self, value: ValueNet, activation: str, lr: float,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.linears = [m for m in value.net if isinstance(m, nn.Linear)]
-        self.act, self.act_grad = _ACTIVATIONS[activation], _DERIVATIVES[activation]
+        self.net, self.activation = value.net, activation
+        self.linears = linear_layers(value.net)
         self.lr, self.betas, self.eps = lr, betas, eps
         params = [p for layer in self.linears for p in (layer.weight, layer.bias)]
         with torch.no_grad():
             self.flat = torch.cat([p.reshape(-1) for p in params])
         self.grad = torch.zeros_like(self.flat)
-        self.grads = []  # (weight grad, bias grad) views of self.grad, per layer
+        self.grads = []  # views of self.grad shaped like the parameters, in their order
         offset = 0
         for layer in self.linears:
-            views = []
             for p in (layer.weight, layer.bias):
                 n = p.numel()
                 p.data = self.flat[offset:offset + n].view_as(p)
-                views.append(self.grad[offset:offset + n].view_as(p))
+                self.grads.append(self.grad[offset:offset + n].view_as(p))
                 offset += n
-            self.grads.append(tuple(views))
         self.m, self.v, self.step = torch.zeros_like(self.flat), torch.zeros_like(self.flat), 0
 
     @torch.no_grad()
@@ -78,27 +66,10 @@ class ValueFitter:
 
         Returns the loss before the step, a 0-d tensor.
         """
-        # Forward, keeping each layer's input and pre-activation.
-        inputs, pre = [], []
-        h = obs
-        for i, layer in enumerate(self.linears):
-            inputs.append(h)
-            z = torch.addmm(layer.bias, h, layer.weight.t())
-            if i < len(self.linears) - 1:
-                pre.append(z)
-                h = self.act(z)
-            else:
-                h = z
-        residual = h.squeeze(-1) - returns
+        lin = Linearisation(self.net, self.activation, obs)
+        residual = lin.output.squeeze(-1) - returns
         loss = residual.dot(residual) / residual.shape[0]
-        # Backward: delta = d loss / d z of each layer, from the output down.
-        delta = (residual * (2.0 / residual.shape[0])).unsqueeze(-1)
-        for i in range(len(self.linears) - 1, -1, -1):
-            grad_w, grad_b = self.grads[i]
-            torch.mm(delta.t(), inputs[i], out=grad_w)
-            torch.sum(delta, 0, out=grad_b)
-            if i > 0:
-                delta = (delta @ self.linears[i].weight) * self.act_grad(pre[i - 1], inputs[i])
+        lin.vjp((residual * (2.0 / residual.shape[0])).unsqueeze(-1), out=self.grads)
         self.step += 1
         adam_step(self.flat, self.grad, self.m, self.v, self.step, self.lr, *self.betas, self.eps)
         return loss
