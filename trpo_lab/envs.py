@@ -220,8 +220,28 @@ class RunningMeanStd:
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
 
+    def update_each(self, batches: np.ndarray) -> np.ndarray:
+        """`update` with batches[0], then batches[1], ...; returns the variance after each, [T, ...].
+
+        batches: [T, n, ...]. Vectorised over T by prefix sums instead of T
+        calls: with y = x - mean_0 (the mean before), S_t and Q_t the running
+        sums of y and y^2 and c_t the running count, the mean after batch t is
+        mean_0 + S_t / c_t and the variance (var_0 c_0 + Q_t - S_t^2 / c_t) / c_t:
+        the pooled statistics the sequential update computes, up to rounding.
+        """
+        T, n = batches.shape[:2]
+        y = batches - self.mean
+        counts = (self.count + n * np.arange(1, T + 1)).reshape(T, *([1] * (batches.ndim - 2)))
+        sums = np.cumsum(y.sum(1), axis=0)
+        squares = np.cumsum((y * y).sum(1), axis=0)
+        variances = (self.var * self.count + squares - sums * sums / counts) / counts
+        self.mean = self.mean + sums[-1] / counts[-1]
+        self.var = variances[-1]
+        self.count = float(counts[-1])
+        return variances
+
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+        return {"mean": np.array(self.mean, copy=True), "var": np.array(self.var, copy=True), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
@@ -258,12 +278,24 @@ class RewardScaler:
         self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
 
     def __call__(self, rewards: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
+        """Scaled rewards of one rollout; rewards and episode_ends [T, N].
+
+        Step t's reward is divided by the std of the discounted returns seen up
+        to and including step t (as if scaled step by step, like sb3's
+        VecNormalize); the return of an environment restarts after its episode ends.
+        """
         if not self.enabled:
             return rewards
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[episode_ends] = 0.0
-        return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+        returns = np.empty_like(rewards)
+        running = self.returns
+        for t in range(rewards.shape[0]):
+            running = running * self.gamma + rewards[t]
+            returns[t] = running
+            running[episode_ends[t]] = 0.0
+        self.returns = running
+        variances = self.rms.update_each(returns)  # [T]
+        scaled = rewards / np.sqrt(variances + self.eps)[:, None]
+        return np.clip(scaled, -self.clip, self.clip)
 
     @property
     def scale(self) -> float:

@@ -89,7 +89,7 @@ class Rollout:
     obs: np.ndarray            # float32 [T, N, obs_dim], normalised as the policy saw them
     actions: np.ndarray        # float32 [T, N, act_dim] or int64 [T, N]
     behaviour_logp: np.ndarray  # float64 [T, N], log beta(a|s) at collection time
-    rewards: np.ndarray        # float64 [T, N], scaled rewards
+    rewards: np.ndarray        # float64 [T, N], scaled rewards (RewardScaler) once collected
     terminated: np.ndarray     # bool [T, N]
     episode_ends: np.ndarray   # bool [T, N], terminated or truncated
     last_obs: np.ndarray | None = None  # float32 [N, obs_dim], normalised s_T
@@ -126,7 +126,7 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
         rollout.obs[t] = obs_n
         rollout.actions[t] = actions
         rollout.behaviour_logp[t] = logp
-        rollout.rewards[t] = agent.reward_scaler(step.rewards, ends)
+        rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
         rollout.terminated[t] = step.terminated
         rollout.episode_ends[t] = ends
         for i, final in step.final_obs.items():
@@ -137,6 +137,7 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
         if step.episodes:
             episodes.extend(step.episodes)
         obs = step.obs  # the vector env's buffer: read (by obs_norm) before the next step rewrites it
+    rollout.rewards[:] = agent.reward_scaler(rollout.rewards, rollout.episode_ends)
     rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
     return obs.copy()
 
