@@ -129,19 +129,55 @@ class SyncVecEnv:
             env.close()
 
 
-def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
+# Worker protocol: the parent writes actions into shared memory and sends one
+# command byte; the worker steps, writes its results into shared memory and
+# answers one byte. No pickling on the per-step path.
+_STEP, _RESET, _CLOSE, _OK, _ERROR = b"s", b"r", b"c", b"k", b"e"
+
+
+class _SharedArrays:
+    """The per-step arrays of N environments, in memory shared with the workers (float64).
+
+    actions [N, act_dim] (a Discrete action is stored as a float), obs and
+    final_obs [N, obs_dim], scalars [N, 3] = (reward, terminated, truncated).
+    """
+
+    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int):
+        self.raw = {name: ctx.RawArray("d", n * width) for name, width in
+                    (("actions", act_dim), ("obs", obs_dim), ("final_obs", obs_dim), ("scalars", 3))}
+        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim), "scalars": (n, 3)}
+
+    def views(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(raw, dtype=np.float64).reshape(self.shapes[name])
+                for name, raw in self.raw.items()}
+
+
+def _worker(remote, parent_remote, cfg: EnvConfig, shared: _SharedArrays, i: int) -> None:
     parent_remote.close()
     env = make_env(cfg)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    arrays = shared.views()
+    action, obs_out, final_out, scalars = (arrays[k][i] for k in ("actions", "obs", "final_obs", "scalars"))
     try:
         while True:
-            cmd, data = remote.recv()
-            if cmd == "step":
-                remote.send(_step_one(env, data))
-            elif cmd == "reset":
-                env.action_space.seed(data)
-                remote.send(env.reset(seed=data)[0])
-            elif cmd == "close":
-                break
+            cmd = remote.recv_bytes()
+            try:
+                if cmd == _STEP:
+                    obs, reward, terminated, truncated, final = _step_one(
+                        env, int(action[0]) if discrete else action.copy())
+                    scalars[:] = (reward, terminated, truncated)
+                    if final is not None:
+                        final_out[:] = final
+                    obs_out[:] = obs
+                elif cmd.startswith(_RESET):
+                    seed = int(cmd[len(_RESET):])
+                    env.action_space.seed(seed)
+                    obs_out[:] = env.reset(seed=seed)[0]
+                elif cmd == _CLOSE:
+                    break
+                remote.send_bytes(_OK)
+            except Exception as err:  # reported to the parent, which raises it
+                remote.send_bytes(_ERROR + f"{type(err).__name__}: {err}".encode())
     except (KeyboardInterrupt, EOFError):
         pass
     finally:
@@ -150,7 +186,11 @@ def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
 
 
 class SubprocVecEnv(SyncVecEnv):
-    """N environments, each stepped in its own worker process, all at once."""
+    """N environments, each stepped in its own worker process, all at once.
+
+    Actions and results travel through shared memory (`_SharedArrays`); the
+    pipes carry one byte each way per step, as the start and finish signals.
+    """
 
     def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
         probe = make_env(cfg)  # fail here, with a clear message, rather than in a worker
@@ -161,32 +201,50 @@ class SubprocVecEnv(SyncVecEnv):
         self._tracker = _EpisodeTracker(n_envs)
         self._allocate()
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        act_dim = 1 if isinstance(self.action_space, gym.spaces.Discrete) else int(np.prod(self.action_space.shape))
+        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim)
+        self._shared = shared.views()
         self.remotes, self.processes = [], []
-        for _ in range(n_envs):
+        for i in range(n_envs):
             remote, work_remote = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg), daemon=True)
+            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg, shared, i), daemon=True)
             proc.start()
             work_remote.close()
             self.remotes.append(remote)
             self.processes.append(proc)
 
-    def reset(self) -> np.ndarray:
+    def _command_all(self, commands: list[bytes]) -> None:
+        """Send each worker its command, then wait for every answer."""
+        for remote, cmd in zip(self.remotes, commands):
+            remote.send_bytes(cmd)
         for i, remote in enumerate(self.remotes):
-            remote.send(("reset", self.seed + i))
-        return np.asarray([remote.recv() for remote in self.remotes], dtype=np.float64)
+            try:
+                answer = remote.recv_bytes()
+            except (EOFError, ConnectionError) as err:
+                raise EnvError(f"the worker of environment {i} died ({type(err).__name__})") from err
+            if answer != _OK:
+                raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
+
+    def reset(self) -> np.ndarray:
+        self._command_all([_RESET + str(self.seed + i).encode() for i in range(self.num_envs)])
+        return self._shared["obs"].reshape(self._obs.shape).copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        for remote, a in zip(self.remotes, actions):
-            remote.send(("step", a))
-        final_obs: dict[int, np.ndarray] = {}
-        for i, remote in enumerate(self.remotes):
-            self._store(i, remote.recv(), final_obs)
+        self._shared["actions"][:] = np.reshape(actions, (self.num_envs, -1))
+        self._command_all([_STEP] * self.num_envs)
+        self._obs[:] = self._shared["obs"].reshape(self._obs.shape)
+        scalars = self._shared["scalars"]
+        self._rewards[:] = scalars[:, 0]
+        self._terminated[:] = scalars[:, 1] != 0
+        self._truncated[:] = scalars[:, 2] != 0
+        final_obs = {int(i): self._shared["final_obs"][i].reshape(self.observation_space.shape).copy()
+                     for i in np.flatnonzero(self._terminated | self._truncated)}
         return self._result(final_obs)
 
     def close(self) -> None:
         for remote in self.remotes:
             try:
-                remote.send(("close", None))
+                remote.send_bytes(_CLOSE)
             except (BrokenPipeError, OSError):
                 pass
         for proc in self.processes:
