@@ -28,3 +28,25 @@ def test_subproc_vec_env_steps_like_sync(env_id):
     finally:
         sync.close()
         subproc.close()
+
+
+def test_training_with_workers_gives_the_same_numbers(tmp_path):
+    """The critic fit that overlaps the next collection (subproc) changes the order, not the numbers."""
+    import json
+
+    from trpo_lab.config import Config
+    from trpo_lab.trainer import train
+
+    rows = {}
+    for kind in ("sync", "subproc"):
+        cfg = Config(env=EnvConfig(id="CartPole-v1"))
+        cfg.trainer.total_steps, cfg.trainer.steps_per_iter, cfg.trainer.vec_env = 7 * 256, 256, kind
+        cfg.trainer.checkpoint_every, cfg.trainer.eval_every, cfg.trainer.eval_episodes = 3, 5, 2
+        cfg.trainer.progress, cfg.logger.wandb.mode = False, "disabled"
+        summary = train(cfg, tmp_path / kind)
+        lines = (tmp_path / kind / "metrics.jsonl").read_text().splitlines()
+        rows[kind] = [{k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
+                      for line in lines]
+        rows[kind].append(summary["eval_return"])
+    assert [r["iteration"] for r in rows["subproc"][:-1]] == list(range(1, 8))
+    assert rows["sync"] == rows["subproc"]

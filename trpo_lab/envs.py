@@ -108,8 +108,16 @@ class SyncVecEnv:
         return np.asarray(obs, dtype=np.float64)
 
     def step(self, actions: np.ndarray) -> StepResult:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start stepping with `actions`; the caller may work until `step_wait`."""
+        self._actions = actions
+
+    def step_wait(self) -> StepResult:
         final_obs: dict[int, np.ndarray] = {}
-        for i, (env, action) in enumerate(zip(self.envs, actions)):
+        for i, (env, action) in enumerate(zip(self.envs, self._actions)):
             self._store(i, _step_one(env, action), final_obs)
         return self._result(final_obs)
 
@@ -188,6 +196,9 @@ def _worker(remote, parent_remote, cfg: EnvConfig, shared: _SharedArrays, i: int
 class SubprocVecEnv(SyncVecEnv):
     """N environments, each stepped in its own worker process, all at once.
 
+    Between `step_async` and `step_wait` the workers step while this process
+    is free: the trainer fits the critic there (`trainer.collect`).
+
     Actions and results travel through shared memory (`_SharedArrays`); the
     pipes carry one byte each way per step, as the start and finish signals.
     """
@@ -213,10 +224,8 @@ class SubprocVecEnv(SyncVecEnv):
             self.remotes.append(remote)
             self.processes.append(proc)
 
-    def _command_all(self, commands: list[bytes]) -> None:
-        """Send each worker its command, then wait for every answer."""
-        for remote, cmd in zip(self.remotes, commands):
-            remote.send_bytes(cmd)
+    def _wait_all(self) -> None:
+        """Wait for every worker's answer to the last command."""
         for i, remote in enumerate(self.remotes):
             try:
                 answer = remote.recv_bytes()
@@ -226,12 +235,20 @@ class SubprocVecEnv(SyncVecEnv):
                 raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
 
     def reset(self) -> np.ndarray:
-        self._command_all([_RESET + str(self.seed + i).encode() for i in range(self.num_envs)])
+        self._send_all([_RESET + str(self.seed + i).encode() for i in range(self.num_envs)])
+        self._wait_all()
         return self._shared["obs"].reshape(self._obs.shape).copy()
 
-    def step(self, actions: np.ndarray) -> StepResult:
+    def _send_all(self, commands: list[bytes]) -> None:
+        for remote, cmd in zip(self.remotes, commands):
+            remote.send_bytes(cmd)
+
+    def step_async(self, actions: np.ndarray) -> None:
         self._shared["actions"][:] = np.reshape(actions, (self.num_envs, -1))
-        self._command_all([_STEP] * self.num_envs)
+        self._send_all([_STEP] * self.num_envs)
+
+    def step_wait(self) -> StepResult:
+        self._wait_all()
         self._obs[:] = self._shared["obs"].reshape(self._obs.shape)
         scalars = self._shared["scalars"]
         self._rewards[:] = scalars[:, 0]

@@ -26,7 +26,7 @@ from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, mak
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
 from trpo_lab.trpo import UpdateStats, gae, trpo_update
-from trpo_lab.value_fit import ValueFitter
+from trpo_lab.value_fit import PendingFit, ValueFitter
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,13 @@ class Rollout:
 
 
 def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, rollout: Rollout,
-            rng: np.random.Generator, episodes: deque) -> np.ndarray:
-    """Fill `rollout` by acting with `actor`; returns the observation to continue from."""
+            rng: np.random.Generator, episodes: deque,
+            while_stepping: Optional[Callable[[], None]] = None) -> np.ndarray:
+    """Fill `rollout` by acting with `actor`; returns the observation to continue from.
+
+    `while_stepping` is called once per step while the environments step
+    (with worker processes, this process is otherwise idle then).
+    """
     box = isinstance(venv.action_space, gym.spaces.Box)
     low, high = (venv.action_space.low, venv.action_space.high) if box else (None, None)
     rollout.truncations = []
@@ -119,7 +124,10 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
     for t in range(rollout.obs.shape[0]):
         obs_n = agent.obs_norm(obs, update=True)
         actions, logp = actor.sample(obs_n, noise[t])
-        step = venv.step(np.clip(actions, low, high) if box else actions)
+        venv.step_async(np.clip(actions, low, high) if box else actions)
+        if while_stepping is not None:
+            while_stepping()
+        step = venv.step_wait()
         if not (np.isfinite(step.obs).all() and np.isfinite(step.rewards).all()):
             raise DivergedError("the environment returned a non-finite observation or reward")
         ends = step.terminated | step.truncated
@@ -160,6 +168,14 @@ def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam:
     adv = gae(rollout.rewards.astype(np.float32), values, next_values,
               rollout.episode_ends.astype(np.float32), gamma, lam)
     return adv, adv + values, values
+
+
+def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
+    """Run what is left of a critic fit; its mean loss. Raises DivergedError on a non-finite loss."""
+    value_loss = fit.finish()
+    if not math.isfinite(value_loss) and epochs > 0:
+        raise DivergedError(f"value loss became {value_loss}")
+    return value_loss
 
 
 def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
@@ -218,12 +234,24 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     status, error = "failed", None
     start = time.perf_counter()
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
+    # With worker processes, an iteration that neither evaluates nor checkpoints
+    # leaves its critic fit to run while the workers step through the next
+    # collection (the collection does not use the critic), and its metrics row
+    # is logged when that fit is done. The same computation, in a different order.
+    overlap_critic_fit = tc.vec_env == "subproc"
+    deferred: Optional[tuple[dict[str, Any], PendingFit]] = None  # (row, critic fit) of the last iteration
     try:
         obs = venv.reset()
         for iteration in range(1, num_iterations(tc) + 1):
             t0 = time.perf_counter()
             actor = agent.policy.numpy_actor()
-            obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
+            obs = collect(venv, agent, actor, obs, rollout, rng, episodes,
+                          while_stepping=deferred[1].step if deferred else None)
+            if deferred is not None:
+                row, fit = deferred
+                row[M.VALUE_LOSS] = _finish_value_fit(fit, pc.value_epochs)
+                logger.log(row)
+                deferred = None
             env_steps += T * N
 
             adv, returns, values = advantages_and_returns(rollout, agent.value, pc.gamma, pc.gae_lambda)
@@ -238,10 +266,14 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 torch.from_numpy(flat_adv.astype(np.float32)),
                 pc.delta, pc.cg_iters, pc.cg_damping, pc.backtrack_iters, pc.backtrack_coeff,
             )
-            value_loss = agent.value_fitter.fit(obs_t, torch.from_numpy(returns.reshape(-1)),
-                                                pc.value_epochs, pc.value_minibatch, generator)
-            if not math.isfinite(value_loss) and pc.value_epochs > 0:
-                raise DivergedError(f"value loss became {value_loss}")
+            last = iteration == num_iterations(tc)
+            evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
+            checkpoints = iteration % tc.checkpoint_every == 0 or last
+            defer = overlap_critic_fit and not (last or evaluates or checkpoints)
+            fit = agent.value_fitter.start(obs_t.clone() if defer else obs_t,  # the rollout is refilled meanwhile
+                                           torch.from_numpy(returns.reshape(-1)),
+                                           pc.value_epochs, pc.value_minibatch, generator)
+            value_loss = float("nan") if defer else _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
                 raise DivergedError("policy parameters became non-finite")
             iter_time = time.perf_counter() - t0
@@ -267,16 +299,18 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 M.EXPLAINED_VARIANCE: explained_variance(values.reshape(-1), returns.reshape(-1)),
                 M.STEPS_PER_S: T * N / iter_time,
             }
-            last = iteration == num_iterations(tc)
+            if defer:
+                deferred = (row, fit)
+                continue
             prune = False
-            if tc.eval_every and iteration % tc.eval_every == 0 and not last:
+            if evaluates:
                 eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
                                                  tc.eval_episodes, tc.seed + 10_000)
                 best_eval = max(best_eval, eval_return)
                 row[M.EVAL_RETURN], row[M.EVAL_RETURN_STD] = eval_return, eval_std
                 prune = on_eval is not None and on_eval(env_steps, eval_return)
             logger.log(row)
-            if iteration % tc.checkpoint_every == 0 or last:
+            if checkpoints:
                 save_checkpoint(run_dir, _checkpoint_state(cfg, agent, iteration, env_steps))
             if prune:
                 raise PruneRequested

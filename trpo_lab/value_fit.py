@@ -80,15 +80,15 @@ class ValueFitter:
 
         Returns the mean minibatch loss (nan when epochs is 0).
         """
-        n = obs.shape[0]
-        losses = []
-        for _ in range(epochs):
-            perm = torch.randperm(n, generator=generator)
-            obs_p, returns_p = obs[perm], returns[perm]  # one gather per epoch; minibatches are views
-            for start in range(0, n, minibatch):
-                losses.append(self.minibatch_step(obs_p[start:start + minibatch],
-                                                  returns_p[start:start + minibatch]))
-        return float(torch.stack(losses).mean()) if losses else float("nan")
+        return self.start(obs, returns, epochs, minibatch, generator).finish()
+
+    def start(self, obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch: int,
+              generator: torch.Generator) -> "PendingFit":
+        """`fit` as work to run a minibatch step at a time (`PendingFit.step`), then `finish`.
+
+        The caller must not change obs or returns until the fit is finished.
+        """
+        return PendingFit(self, obs, returns, epochs, minibatch, generator)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "exp_avg": self.m.clone(), "exp_avg_sq": self.v.clone()}
@@ -97,3 +97,37 @@ class ValueFitter:
         self.step = int(state["step"])
         self.m.copy_(state["exp_avg"])
         self.v.copy_(state["exp_avg_sq"])
+
+
+class PendingFit:
+    """A critic fit started by `ValueFitter.start`: the same steps as `fit`, run when asked."""
+
+    def __init__(self, fitter: ValueFitter, obs: torch.Tensor, returns: torch.Tensor, epochs: int,
+                 minibatch: int, generator: torch.Generator):
+        self._steps = self._minibatch_steps(fitter, obs, returns, epochs, minibatch, generator)
+        self._losses: list[torch.Tensor] = []
+        self.done = False
+
+    @staticmethod
+    def _minibatch_steps(fitter, obs, returns, epochs, minibatch, generator):
+        n = obs.shape[0]
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=generator)
+            obs_p, returns_p = obs[perm], returns[perm]  # one gather per epoch; minibatches are views
+            for start in range(0, n, minibatch):
+                yield fitter.minibatch_step(obs_p[start:start + minibatch], returns_p[start:start + minibatch])
+
+    def step(self) -> None:
+        """Run the next minibatch step, if any remains."""
+        if not self.done:
+            loss = next(self._steps, None)
+            if loss is None:
+                self.done = True
+            else:
+                self._losses.append(loss)
+
+    def finish(self) -> float:
+        """Run the remaining steps; the mean minibatch loss (nan when there were none)."""
+        self._losses.extend(self._steps)
+        self.done = True
+        return float(torch.stack(self._losses).mean()) if self._losses else float("nan")
