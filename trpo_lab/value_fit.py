@@ -88,6 +88,9 @@ class ValueFitter:
 
         The caller must not change obs or returns until the fit is finished.
         """
+        if self.linears[0].weight.data_ptr() != self.flat.data_ptr():
+            raise RuntimeError("the critic's parameters were moved out of the ValueFitter's flat vector "
+                               "(by .to(), .double() or assigning them?); build a new ValueFitter")
         return PendingFit(self, obs, returns, epochs, minibatch, generator)
 
     def state_dict(self) -> dict[str, Any]:
