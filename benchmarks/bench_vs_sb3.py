@@ -230,7 +230,55 @@ def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
         lines.append(
             f"| {k} | {_fmt(rate[k])} | {mean_rate / peer:.2f} | {mean_rate / raw:.0%} | "
             f"{mean_rate / sync:.2f} | {max(r['peak_rss_mib'] for r in rs):.0f} | {_fmt(evals, 1)} |")
+    lines += ["", "targets (ISSUE 4): " + "; ".join(verdicts(by, rate))]
     return "\n".join(lines)
+
+
+def verdicts(by: dict[str, list[dict]], rate: dict[str, list[float]]) -> list[str]:
+    """Each target the runs at hand can judge: 'met' or 'NOT met', with the number."""
+    def mean(kind: str) -> float:
+        return float(np.mean(rate[kind])) if rate.get(kind) else float("nan")
+
+    def say(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    out = []
+    if rate.get("trpo_lab") and rate.get("sb3"):
+        ratio = mean("trpo_lab") / mean("sb3")
+        out.append(f">= 3x sb3-contrib steps/s: {say(ratio >= 3)} ({ratio:.2f}x)")
+    if rate.get("trpo_lab") and rate.get("raw"):
+        frac = mean("trpo_lab") / mean("raw")
+        out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({frac:.0%})")
+    if rate.get("trpo_lab-subproc") and rate.get("trpo_lab"):
+        ratio = mean("trpo_lab-subproc") / mean("trpo_lab")
+        out.append(f"subproc >= 1.5x single process: {say(ratio >= 1.5)} ({ratio:.2f}x)")
+    for kind in ("trpo_lab", "trpo_lab-subproc"):
+        if by.get(kind):
+            peak, steps = max(r["peak_rss_mib"] for r in by[kind]), by[kind][0]["steps"]
+            scope = "" if steps >= 1_000_000 else f", but at {steps:,} steps; the target is for 1M"
+            out.append(f"{kind} peak RSS < 1 GiB: {say(peak < 1024)} ({peak:.0f} MiB{scope})")
+    if by.get("trpo_lab") and by.get("sb3"):
+        ours = [r["eval_return"] for r in by["trpo_lab"]]
+        theirs = [r["eval_return"] for r in by["sb3"]]
+        scope = "" if len(ours) >= 3 and by["trpo_lab"][0]["steps"] >= 300_000 else \
+            " (indicative only: the target is 3 seeds at 300k steps)"
+        out.append(f"mean eval return >= sb3-contrib's: {say(np.mean(ours) >= np.mean(theirs))} "
+                   f"({np.mean(ours):.1f} vs {np.mean(theirs):.1f}){scope}")
+    return out
+
+
+def print_saved_tables(path: Path) -> None:
+    """Tables of the runs saved in `path` (a --json list, or the '# {...}' lines this script prints)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        results = json.loads(text)
+    else:
+        results = [json.loads(line[2:]) for line in text.splitlines() if line.startswith("# {")]
+    order = ["raw", "sb3", "trpo_lab", "trpo_lab-subproc"]
+    kinds = [k for k in order if any(r["kind"] == k for r in results)]
+    for env_id in dict.fromkeys(r["env"] for r in results):
+        print()
+        print(table(env_id, [r for r in results if r["env"] == env_id], kinds))
 
 
 def main() -> None:
@@ -246,10 +294,14 @@ def main() -> None:
                         help="runs at a time; 1 for speed, 2 for a long learning comparison on 2 cores")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--tables-from", type=Path,
+                        help="print the tables of finished runs from a --json file or this script's output")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child_main(args)
+    if args.tables_from:
+        return print_saved_tables(args.tables_from)
 
     kinds = args.only or ["raw", "sb3", "trpo_lab"] + (["trpo_lab-subproc"] if args.subproc else [])
     print(f"# bench_vs_sb3: {' '.join(sys.argv[1:])}")
