@@ -47,12 +47,26 @@ SETTINGS = dict(
 EVAL_SEED_OFFSET = 10_000
 
 
-def trpo_lab_overrides(s: dict) -> dict:
-    """trpo_lab's config keys holding SETTINGS (key -> value)."""
+# sb3-contrib's TRPO measures the KL of its diagonal Gaussian per action
+# dimension: `kl_divergence` of a torch `Normal` (not `Independent`) is
+# [batch, act_dim] and TRPO takes its `.mean()` over both axes, so the KL it
+# bounds by target_kl, and whose Hessian it damps by cg_damping, is the policy's
+# KL divided by act_dim. trpo_lab's `delta` bounds the policy's KL itself (the
+# sum over dimensions, as in the TRPO paper). The same update in trpo_lab's
+# units is delta = target_kl * act_dim and cg_damping = cg_damping * act_dim:
+# conjugate gradient then finds the same direction up to scale, the step size
+# and the line search's test are the same numbers (checked on one sb3 rollout:
+# the two updates agree up to CG's random start).
+PEER_KL_IS_PER_ACTION_DIM = True
+
+
+def trpo_lab_overrides(s: dict, act_dim: int) -> dict:
+    """trpo_lab's config keys holding SETTINGS (key -> value), for a task with act_dim action dimensions."""
+    scale = act_dim if PEER_KL_IS_PER_ACTION_DIM else 1
     return {
         "trainer.n_envs": s["n_envs"], "trainer.steps_per_iter": s["n_envs"] * s["n_steps"],
-        "trpo.gamma": s["gamma"], "trpo.gae_lambda": s["gae_lambda"], "trpo.delta": s["target_kl"],
-        "trpo.cg_iters": s["cg_max_steps"], "trpo.cg_damping": s["cg_damping"],
+        "trpo.gamma": s["gamma"], "trpo.gae_lambda": s["gae_lambda"], "trpo.delta": round(s["target_kl"] * scale, 12),
+        "trpo.cg_iters": s["cg_max_steps"], "trpo.cg_damping": round(s["cg_damping"] * scale, 12),
         "trpo.backtrack_coeff": s["line_search_shrinking_factor"],
         "trpo.backtrack_iters": s["line_search_max_iter"], "trpo.value_epochs": s["n_critic_updates"],
         "trpo.value_lr": s["learning_rate"], "trpo.value_minibatch": s["batch_size"],
@@ -61,6 +75,15 @@ def trpo_lab_overrides(s: dict) -> dict:
         "trpo.normalize_advantages": s["normalize_advantage"], "network.ortho_init": s["ortho_init"],
         "network.log_std_init": s["log_std_init"],
     }
+
+
+def action_dim(env_id: str) -> int:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    dim = int(np.prod(env.action_space.shape))
+    env.close()
+    return dim
 
 
 # ---------------------------------------------------------------- child runs
@@ -152,7 +175,7 @@ def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env
     from trpo_lab.trainer import train
 
     cfg = OmegaConf.structured(Config(env=EnvConfig(id=env_id)))
-    for key, value in trpo_lab_overrides(SETTINGS).items():
+    for key, value in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items():
         OmegaConf.update(cfg, key, value)
     for key, value in {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
                        "trainer.threads": 1, "trainer.eval_every": 0, "trainer.eval_episodes": eval_episodes,
@@ -308,8 +331,12 @@ def main() -> None:
     print(f"# {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
           f"load average {os.getloadavg()[0]:.2f} at start; {versions()}")
     print(f"# settings for both (rl-zoo3 MuJoCo TRPO): {json.dumps(SETTINGS)}")
-    print("# trpo_lab is given every one of them explicitly:",
-          " ".join(f"{k}={v}" for k, v in trpo_lab_overrides(SETTINGS).items()))
+    for env_id in args.env:
+        print(f"# trpo_lab on {env_id} is given every one of them explicitly:",
+              " ".join(f"{k}={v}" for k, v in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items()))
+    print("# NOTE: sb3-contrib's target_kl and cg_damping apply to the KL averaged over action dimensions;"
+          " trpo_lab's trpo.delta and trpo.cg_damping to the policy's KL. The peer's settings in trpo_lab's units"
+          " are target_kl * act_dim and cg_damping * act_dim, pinned above.")
     print("# eval: deterministic, 10 episodes unless --eval-episodes, seeds seed+10000+i; not timed", flush=True)
     # Seed by seed: a long comparison stopped early still covers every task.
     jobs = [(k, e, s) for s in args.seeds for e in args.env for k in kinds]
