@@ -250,9 +250,12 @@ def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
             continue
         mean_rate = float(np.mean(rate[k]))
         evals = [r["eval_return"] for r in rs if "eval_return" in r]
+        def ratio(base: float, spec: str) -> str:
+            return "-" if np.isnan(base) else format(mean_rate / base, spec)
+
         lines.append(
-            f"| {k} | {_fmt(rate[k])} | {mean_rate / peer:.2f} | {mean_rate / raw:.0%} | "
-            f"{mean_rate / sync:.2f} | {max(r['peak_rss_mib'] for r in rs):.0f} | {_fmt(evals, 1)} |")
+            f"| {k} | {_fmt(rate[k])} | {ratio(peer, '.2f')} | {ratio(raw, '.0%')} | "
+            f"{ratio(sync, '.2f')} | {max(r['peak_rss_mib'] for r in rs):.0f} | {_fmt(evals, 1)} |")
     lines += ["", "targets (ISSUE 4): " + "; ".join(verdicts(by, rate))]
     return "\n".join(lines)
 
