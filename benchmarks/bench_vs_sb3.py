@@ -318,6 +318,8 @@ def main() -> None:
                         help="run only these (e.g. trpo_lab alone for a 1M-step memory check)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time; 1 for speed, 2 for a long learning comparison on 2 cores")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run everything this many times, in alternating order (steps/s: mean of all runs)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument("--tables-from", type=Path,
@@ -342,7 +344,10 @@ def main() -> None:
           " are target_kl * act_dim and cg_damping * act_dim, pinned above.")
     print("# eval: deterministic, 10 episodes unless --eval-episodes, seeds seed+10000+i; not timed", flush=True)
     # Seed by seed: a long comparison stopped early still covers every task.
-    jobs = [(k, e, s) for s in args.seeds for e in args.env for k in kinds]
+    # Repeats alternate the order of the runs, so a change of machine load
+    # during the invocation does not always fall on the same framework.
+    jobs = [(k, e, s) for r in range(args.repeats) for s in args.seeds for e in args.env
+            for k in (kinds if r % 2 == 0 else kinds[::-1])]
     results: list[dict] = []
     with ThreadPoolExecutor(args.jobs) as pool:
         for result in pool.map(lambda job: spawn(job[0], job[1], args.steps, job[2], args.eval_episodes), jobs):
