@@ -211,10 +211,12 @@ def spawn(kind: str, env_id: str, steps: int, seed: int, eval_episodes: int) -> 
     env = dict(os.environ, **{v: "1" for v in THREAD_VARS}, WANDB_MODE="disabled", WANDB_SILENT="true")
     cmd = [sys.executable, __file__, "--child", kind, "--env", env_id, "--steps", str(steps),
            "--seeds", str(seed), "--eval-episodes", str(eval_episodes)]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    load = {"load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2)}
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return {"kind": kind, "env": env_id, "seed": seed, **json.loads(line[len("RESULT "):])}
+            return {"kind": kind, "env": env_id, "seed": seed, **json.loads(line[len("RESULT "):]), **load}
     raise RuntimeError(f"{kind} on {env_id} seed {seed} failed:\n{proc.stderr[-3000:]}")
 
 
