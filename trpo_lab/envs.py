@@ -8,6 +8,7 @@ so the trainer can bootstrap episodes cut by a time limit with V(s_final).
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,8 @@ class _EpisodeTracker:
     def add(self, rewards: np.ndarray, ended: np.ndarray) -> list[tuple[float, int]]:
         self.returns += rewards
         self.lengths += 1
+        if not ended.any():
+            return []
         finished = []
         for i in np.flatnonzero(ended):
             finished.append((float(self.returns[i]), int(self.lengths[i])))
@@ -144,7 +147,11 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
 
 
 class SyncVecEnv:
-    """N environments stepped one after another in this process."""
+    """N environments stepped one after another in this process.
+
+    `step` writes into arrays allocated once and returns views of them: the
+    StepResult of one step is valid until the next call (copy what you keep).
+    """
 
     def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
         self.envs = [make_env(cfg) for _ in range(n_envs)]
@@ -153,6 +160,14 @@ class SyncVecEnv:
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self._tracker = _EpisodeTracker(n_envs)
+        self._allocate()
+
+    def _allocate(self) -> None:
+        n, shape = self.num_envs, self.observation_space.shape
+        self._obs = np.zeros((n, *shape))
+        self._rewards = np.zeros(n)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
 
     def reset(self) -> np.ndarray:
         obs = []
@@ -162,8 +177,8 @@ class SyncVecEnv:
         return np.asarray(obs, dtype=np.float64)
 
     def step(self, actions: np.ndarray) -> StepResult:
-        results = [_step_one(env, a) for env, a in zip(self.envs, actions)]
-        return self._collect(results)
+        self.step_async(actions)
+        return self.step_wait()
 
     def get_state(self) -> dict[str, Any]:
         """The environments' states and the unfinished episodes' running returns and lengths."""
@@ -174,38 +189,87 @@ class SyncVecEnv:
             set_env_state(env, env_state)
         self._tracker.load_state_dict(state["tracker"])
 
-    def _collect(self, results) -> StepResult:
-        obs, rewards, terminated, truncated, finals = zip(*results)
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
-        rewards = np.asarray(rewards, dtype=np.float64)
-        final_obs = {i: np.asarray(f, dtype=np.float64) for i, f in enumerate(finals) if f is not None}
-        episodes = self._tracker.add(rewards, terminated | truncated)
-        return StepResult(np.asarray(obs, dtype=np.float64), rewards, terminated, truncated, final_obs, episodes)
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start stepping with `actions`; the caller may work until `step_wait`."""
+        self._actions = actions
+
+    def step_wait(self) -> StepResult:
+        final_obs: dict[int, np.ndarray] = {}
+        for i, (env, action) in enumerate(zip(self.envs, self._actions)):
+            self._store(i, _step_one(env, action), final_obs)
+        return self._result(final_obs)
+
+    def _store(self, i: int, result: tuple, final_obs: dict[int, np.ndarray]) -> None:
+        """Write environment i's `_step_one` result into the step arrays."""
+        obs, self._rewards[i], self._terminated[i], self._truncated[i], final = result
+        self._obs[i] = obs
+        if final is not None:
+            final_obs[i] = np.asarray(final, dtype=np.float64)
+
+    def _result(self, final_obs: dict[int, np.ndarray]) -> StepResult:
+        episodes = self._tracker.add(self._rewards, self._terminated | self._truncated)
+        return StepResult(self._obs, self._rewards, self._terminated, self._truncated, final_obs, episodes)
 
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
 
-def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
+# Worker protocol: the parent writes actions into shared memory and sends one
+# command byte; the worker steps, writes its results into shared memory and
+# answers one byte. No pickling on the per-step path.
+_STEP, _RESET, _CLOSE, _OK, _ERROR = b"s", b"r", b"c", b"k", b"e"
+# Rare commands for exact resume carry a pickled environment state.
+_GET_STATE, _SET_STATE = b"g", b"S"
+
+
+class _SharedArrays:
+    """The per-step arrays of N environments, in memory shared with the workers (float64).
+
+    actions [N, act_dim] (a Discrete action is stored as a float), obs and
+    final_obs [N, obs_dim], scalars [N, 3] = (reward, terminated, truncated).
+    """
+
+    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int):
+        self.raw = {name: ctx.RawArray("d", n * width) for name, width in
+                    (("actions", act_dim), ("obs", obs_dim), ("final_obs", obs_dim), ("scalars", 3))}
+        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim), "scalars": (n, 3)}
+
+    def views(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(raw, dtype=np.float64).reshape(self.shapes[name])
+                for name, raw in self.raw.items()}
+
+
+def _worker(remote, parent_remote, cfg: EnvConfig, shared: _SharedArrays, i: int) -> None:
     parent_remote.close()
     env = make_env(cfg)
+    discrete = isinstance(env.action_space, gym.spaces.Discrete)
+    arrays = shared.views()
+    action, obs_out, final_out, scalars = (arrays[k][i] for k in ("actions", "obs", "final_obs", "scalars"))
     try:
         while True:
-            cmd, data = remote.recv()
-            if cmd == "step":
-                remote.send(_step_one(env, data))
-            elif cmd == "reset":
-                env.action_space.seed(data)
-                remote.send(env.reset(seed=data)[0])
-            elif cmd == "get_state":
-                remote.send(get_env_state(env))
-            elif cmd == "set_state":
-                set_env_state(env, data)
-                remote.send(None)
-            elif cmd == "close":
-                break
+            cmd = remote.recv_bytes()
+            try:
+                if cmd == _STEP:
+                    obs, reward, terminated, truncated, final = _step_one(
+                        env, int(action[0]) if discrete else action.copy())
+                    scalars[:] = (reward, terminated, truncated)
+                    if final is not None:
+                        final_out[:] = final
+                    obs_out[:] = obs
+                elif cmd.startswith(_RESET):
+                    seed = int(cmd[len(_RESET):])
+                    env.action_space.seed(seed)
+                    obs_out[:] = env.reset(seed=seed)[0]
+                elif cmd == _GET_STATE:
+                    remote.send_bytes(pickle.dumps(get_env_state(env)))
+                elif cmd.startswith(_SET_STATE):
+                    set_env_state(env, pickle.loads(cmd[len(_SET_STATE):]))
+                elif cmd == _CLOSE:
+                    break
+                remote.send_bytes(_OK)
+            except Exception as err:  # reported to the parent, which raises it
+                remote.send_bytes(_ERROR + f"{type(err).__name__}: {err}".encode())
     except (KeyboardInterrupt, EOFError):
         pass
     finally:
@@ -214,7 +278,14 @@ def _worker(remote, parent_remote, cfg: EnvConfig) -> None:
 
 
 class SubprocVecEnv(SyncVecEnv):
-    """N environments, each stepped in its own worker process, all at once."""
+    """N environments, each stepped in its own worker process, all at once.
+
+    Between `step_async` and `step_wait` the workers step while this process
+    is free: the trainer fits the critic there (`trainer.collect`).
+
+    Actions and results travel through shared memory (`_SharedArrays`); the
+    pipes carry one byte each way per step, as the start and finish signals.
+    """
 
     def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
         probe = make_env(cfg)  # fail here, with a clear message, rather than in a worker
@@ -223,42 +294,74 @@ class SubprocVecEnv(SyncVecEnv):
         self.num_envs = n_envs
         self.seed = seed
         self._tracker = _EpisodeTracker(n_envs)
+        self._allocate()
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        act_dim = 1 if isinstance(self.action_space, gym.spaces.Discrete) else int(np.prod(self.action_space.shape))
+        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim)
+        self._shared = shared.views()
         self.remotes, self.processes = [], []
-        for _ in range(n_envs):
+        for i in range(n_envs):
             remote, work_remote = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg), daemon=True)
+            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg, shared, i), daemon=True)
             proc.start()
             work_remote.close()
             self.remotes.append(remote)
             self.processes.append(proc)
 
-    def reset(self) -> np.ndarray:
+    def _wait_all(self) -> None:
+        """Wait for every worker's answer to the last command."""
         for i, remote in enumerate(self.remotes):
-            remote.send(("reset", self.seed + i))
-        return np.asarray([remote.recv() for remote in self.remotes], dtype=np.float64)
+            try:
+                answer = remote.recv_bytes()
+            except (EOFError, ConnectionError) as err:
+                raise EnvError(f"the worker of environment {i} died ({type(err).__name__})") from err
+            if answer != _OK:
+                raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
 
     def get_state(self) -> dict[str, Any]:
-        for remote in self.remotes:
-            remote.send(("get_state", None))
-        return {"envs": [remote.recv() for remote in self.remotes], "tracker": self._tracker.state_dict()}
+        self._send_all([_GET_STATE] * self.num_envs)
+        states = []
+        for i, remote in enumerate(self.remotes):
+            answer = remote.recv_bytes()
+            if answer.startswith(_ERROR):
+                raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
+            states.append(pickle.loads(answer))
+        self._wait_all()
+        return {"envs": states, "tracker": self._tracker.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        for remote, env_state in zip(self.remotes, state["envs"], strict=True):
-            remote.send(("set_state", env_state))
-        for remote in self.remotes:
-            remote.recv()
+        self._send_all([_SET_STATE + pickle.dumps(env_state) for env_state in state["envs"]])
+        self._wait_all()
         self._tracker.load_state_dict(state["tracker"])
 
-    def step(self, actions: np.ndarray) -> StepResult:
-        for remote, a in zip(self.remotes, actions):
-            remote.send(("step", a))
-        return self._collect([remote.recv() for remote in self.remotes])
+    def reset(self) -> np.ndarray:
+        self._send_all([_RESET + str(self.seed + i).encode() for i in range(self.num_envs)])
+        self._wait_all()
+        return self._shared["obs"].reshape(self._obs.shape).copy()
+
+    def _send_all(self, commands: list[bytes]) -> None:
+        for remote, cmd in zip(self.remotes, commands):
+            remote.send_bytes(cmd)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._shared["actions"][:] = np.reshape(actions, (self.num_envs, -1))
+        self._send_all([_STEP] * self.num_envs)
+
+    def step_wait(self) -> StepResult:
+        self._wait_all()
+        self._obs[:] = self._shared["obs"].reshape(self._obs.shape)
+        scalars = self._shared["scalars"]
+        self._rewards[:] = scalars[:, 0]
+        self._terminated[:] = scalars[:, 1] != 0
+        self._truncated[:] = scalars[:, 2] != 0
+        final_obs = {int(i): self._shared["final_obs"][i].reshape(self.observation_space.shape).copy()
+                     for i in np.flatnonzero(self._terminated | self._truncated)}
+        return self._result(final_obs)
 
     def close(self) -> None:
         for remote in self.remotes:
             try:
-                remote.send(("close", None))
+                remote.send_bytes(_CLOSE)
             except (BrokenPipeError, OSError):
                 pass
         for proc in self.processes:
@@ -280,15 +383,40 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch: np.ndarray) -> None:
-        batch_mean, batch_var, n = batch.mean(0), batch.var(0), batch.shape[0]
+        # Sums rather than batch.mean / batch.var: the same numbers without their
+        # Python-level overhead, which dominates for the per-step batch of N rows.
+        n = batch.shape[0]
+        batch_mean = np.add.reduce(batch, 0) / n
+        diff = batch - batch_mean
+        batch_var = np.add.reduce(diff * diff, 0) / n
         delta = batch_mean - self.mean
         total = self.count + n
         self.mean = self.mean + delta * n / total
         self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
         self.count = total
 
+    def update_each(self, batches: np.ndarray) -> np.ndarray:
+        """`update` with batches[0], then batches[1], ...; returns the variance after each, [T, ...].
+
+        batches: [T, n, ...]. Vectorised over T by prefix sums instead of T
+        calls: with y = x - mean_0 (the mean before), S_t and Q_t the running
+        sums of y and y^2 and c_t the running count, the mean after batch t is
+        mean_0 + S_t / c_t and the variance (var_0 c_0 + Q_t - S_t^2 / c_t) / c_t:
+        the pooled statistics the sequential update computes, up to rounding.
+        """
+        T, n = batches.shape[:2]
+        y = batches - self.mean
+        counts = (self.count + n * np.arange(1, T + 1)).reshape(T, *([1] * (batches.ndim - 2)))
+        sums = np.cumsum(y.sum(1), axis=0)
+        squares = np.cumsum((y * y).sum(1), axis=0)
+        variances = (self.var * self.count + squares - sums * sums / counts) / counts
+        self.mean = self.mean + sums[-1] / counts[-1]
+        self.var = variances[-1]
+        self.count = float(counts[-1])
+        return variances
+
     def state_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": self.count}
+        return {"mean": np.array(self.mean, copy=True), "var": np.array(self.var, copy=True), "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
@@ -325,12 +453,24 @@ class RewardScaler:
         self.gamma, self.enabled, self.clip, self.eps = gamma, enabled, clip, eps
 
     def __call__(self, rewards: np.ndarray, episode_ends: np.ndarray) -> np.ndarray:
+        """Scaled rewards of one rollout; rewards and episode_ends [T, N].
+
+        Step t's reward is divided by the std of the discounted returns seen up
+        to and including step t (as if scaled step by step, like sb3's
+        VecNormalize); the return of an environment restarts after its episode ends.
+        """
         if not self.enabled:
             return rewards
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[episode_ends] = 0.0
-        return np.clip(rewards / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
+        returns = np.empty_like(rewards)
+        running = self.returns
+        for t in range(rewards.shape[0]):
+            running = running * self.gamma + rewards[t]
+            returns[t] = running
+            running[episode_ends[t]] = 0.0
+        self.returns = running
+        variances = self.rms.update_each(returns)  # [T]
+        scaled = rewards / np.sqrt(variances + self.eps)[:, None]
+        return np.clip(scaled, -self.clip, self.clip)
 
     @property
     def scale(self) -> float:

@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vjp
 
 _TORCH_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 _NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -85,29 +84,25 @@ class Policy(nn.Module):
         """v -> F v at the current parameters, F = mean_s J_s^T M_s J_s.
 
         `v` and the result are flat, in the order of `self.parameters()` (the
-        order `parameters_to_vector` uses). The reverse-mode linearisation is
-        built once here and reused for every product (conjugate gradient calls
-        it cg_iters times); each product adds one forward-mode pass. No
-        second-order graph is built.
+        order `parameters_to_vector` uses). The net is linearised once here
+        (`mlp_grad.Linearisation`: its activations at `obs` are kept) and each
+        product is one forward-mode pass J v and one back-propagation J^T (M J v),
+        by hand: no second-order graph, no per-product forward pass.
         """
+        from trpo_lab.mlp_grad import Linearisation
+
         named = list(self.named_parameters())
         in_net = [name.startswith("net.") for name, _ in named]
+        shapes = [p.shape for _, p in named]
         sizes = [p.numel() for _, p in named]
-        net_names = [name[len("net."):] for name, _ in named if name.startswith("net.")]
-        theta = tuple(p.detach() for (_, p), net in zip(named, in_net) if net)
-
-        def net_out(*params: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.net, dict(zip(net_names, params)), (obs,))
-
-        out, pullback = vjp(net_out, *theta)
-        out = out.detach()
+        lin = Linearisation(self.net, self.activation, obs)
+        out = lin.output
         batch = obs.shape[0]
 
         def product(v: torch.Tensor) -> torch.Tensor:
-            chunks = [c.view_as(p) for c, (_, p) in zip(torch.split(v, sizes), named)]
-            tangents = tuple(c for c, net in zip(chunks, in_net) if net)
-            _, jv = jvp(net_out, theta, tangents)
-            net_part = iter(pullback(self._output_fisher(out, jv) / batch))
+            chunks = [c.view(shape) for c, shape in zip(torch.split(v, sizes), shapes)]
+            jv = lin.jvp([c for c, net in zip(chunks, in_net) if net])
+            net_part = iter(lin.vjp(self._output_fisher(out, jv) / batch))
             extra_part = iter(self._extra_fisher([c for c, net in zip(chunks, in_net) if not net]))
             return torch.cat([(next(net_part) if net else next(extra_part)).reshape(-1) for net in in_net])
 
@@ -244,17 +239,27 @@ class NumpyActor:
                 h = self.act(h)
         return h
 
-    def sample(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def noise(self, rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
+        """The randomness of `steps` calls to `sample` for n observations, drawn at once.
+
+        Standard normal [steps, n, act_dim] (Gaussian) or uniform [steps, n, 1]
+        (categorical): the same numbers, in the same order, as drawing each
+        step's share in turn, without the per-call cost of the generator.
+        """
+        if self.log_std is not None:
+            return rng.standard_normal((steps, n, len(self.log_std)))
+        return rng.random((steps, n, 1))
+
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and their log-probabilities for obs [N, obs_dim], given one step of `noise()` [N, ...]."""
         out = self.forward(obs)
         if self.log_std is not None:
-            noise = rng.standard_normal(out.shape)
             actions = out + self.std * noise
             return actions, self.logp_const - 0.5 * (noise * noise).sum(-1)
         logits = out - out.max(-1, keepdims=True)
         logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         cdf = np.cumsum(np.exp(logp_all), -1)
-        u = rng.random((out.shape[0], 1))
-        actions = np.minimum((u > cdf).sum(-1), out.shape[-1] - 1)
+        actions = np.minimum((noise > cdf).sum(-1), out.shape[-1] - 1)
         return actions, logp_all[np.arange(out.shape[0]), actions]
 
     def deterministic(self, obs: np.ndarray) -> np.ndarray:

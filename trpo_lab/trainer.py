@@ -27,6 +27,7 @@ from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, mak
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
 from trpo_lab.trpo import UpdateStats, gae, trpo_update
+from trpo_lab.value_fit import PendingFit, ValueFitter
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Agent:
 
     policy: Policy
     value: ValueNet
-    value_optimizer: torch.optim.Optimizer
+    value_fitter: ValueFitter  # Adam on the critic's MSE (holds Adam's state)
     obs_norm: ObsNormalizer
     reward_scaler: RewardScaler
 
@@ -55,7 +56,7 @@ class Agent:
         return {
             "policy": self.policy.state_dict(),
             "value": self.value.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
+            "value_optimizer": self.value_fitter.state_dict(),
             "obs_norm": self.obs_norm.state_dict(),
             "reward_scaler": self.reward_scaler.state_dict(),
         }
@@ -63,7 +64,7 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.value.load_state_dict(state["value"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.value_fitter.load_state_dict(state["value_optimizer"])
         self.obs_norm.load_state_dict(state["obs_norm"])
         self.reward_scaler.load_state_dict(state["reward_scaler"])
 
@@ -76,7 +77,7 @@ def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Spa
     return Agent(
         policy=policy,
         value=value,
-        value_optimizer=torch.optim.Adam(value.parameters(), lr=cfg.trpo.value_lr),
+        value_fitter=ValueFitter(value, net.activation, lr=cfg.trpo.value_lr),
         obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
         reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
     )
@@ -89,7 +90,7 @@ class Rollout:
     obs: np.ndarray            # float32 [T, N, obs_dim], normalised as the policy saw them
     actions: np.ndarray        # float32 [T, N, act_dim] or int64 [T, N]
     behaviour_logp: np.ndarray  # float64 [T, N], log beta(a|s) at collection time
-    rewards: np.ndarray        # float64 [T, N], scaled rewards
+    rewards: np.ndarray        # float64 [T, N], scaled rewards (RewardScaler) once collected
     terminated: np.ndarray     # bool [T, N]
     episode_ends: np.ndarray   # bool [T, N], terminated or truncated
     last_obs: np.ndarray | None = None  # float32 [N, obs_dim], normalised s_T
@@ -110,22 +111,31 @@ class Rollout:
 
 
 def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, rollout: Rollout,
-            rng: np.random.Generator, episodes: deque) -> np.ndarray:
-    """Fill `rollout` by acting with `actor`; returns the observation to continue from."""
+            rng: np.random.Generator, episodes: deque,
+            while_stepping: Optional[Callable[[], None]] = None) -> np.ndarray:
+    """Fill `rollout` by acting with `actor`; returns the observation to continue from.
+
+    `while_stepping` is called once per step while the environments step
+    (with worker processes, this process is otherwise idle then).
+    """
     box = isinstance(venv.action_space, gym.spaces.Box)
     low, high = (venv.action_space.low, venv.action_space.high) if box else (None, None)
     rollout.truncations = []
+    noise = actor.noise(rng, *rollout.behaviour_logp.shape)
     for t in range(rollout.obs.shape[0]):
         obs_n = agent.obs_norm(obs, update=True)
-        actions, logp = actor.sample(obs_n, rng)
-        step = venv.step(np.clip(actions, low, high) if box else actions)
+        actions, logp = actor.sample(obs_n, noise[t])
+        venv.step_async(np.clip(actions, low, high) if box else actions)
+        if while_stepping is not None:
+            while_stepping()
+        step = venv.step_wait()
         if not (np.isfinite(step.obs).all() and np.isfinite(step.rewards).all()):
             raise DivergedError("the environment returned a non-finite observation or reward")
         ends = step.terminated | step.truncated
         rollout.obs[t] = obs_n
         rollout.actions[t] = actions
         rollout.behaviour_logp[t] = logp
-        rollout.rewards[t] = agent.reward_scaler(step.rewards, ends)
+        rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
         rollout.terminated[t] = step.terminated
         rollout.episode_ends[t] = ends
         for i, final in step.final_obs.items():
@@ -133,10 +143,12 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
                 if not np.isfinite(final).all():
                     raise DivergedError("the environment returned a non-finite observation")
                 rollout.truncations.append((t, i, agent.obs_norm(final[None])[0]))
-        episodes.extend(step.episodes)
-        obs = step.obs
+        if step.episodes:
+            episodes.extend(step.episodes)
+        obs = step.obs  # the vector env's buffer: read (by obs_norm) before the next step rewrites it
+    rollout.rewards[:] = agent.reward_scaler(rollout.rewards, rollout.episode_ends)
     rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
-    return obs
+    return obs.copy()
 
 
 def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam: float
@@ -159,21 +171,12 @@ def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam:
     return adv, adv + values, values
 
 
-def fit_value(agent: Agent, obs: torch.Tensor, returns: torch.Tensor, epochs: int, minibatch: int,
-              generator: torch.Generator) -> float:
-    """Regress V(s) on the returns with Adam; returns the mean minibatch MSE."""
-    losses = []
-    n = obs.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, minibatch):
-            idx = perm[start:start + minibatch]
-            loss = torch.mean((agent.value(obs[idx]) - returns[idx]) ** 2)
-            agent.value_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            agent.value_optimizer.step()
-            losses.append(loss.detach())
-    return float(torch.stack(losses).mean()) if losses else float("nan")
+def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
+    """Run what is left of a critic fit; its mean loss. Raises DivergedError on a non-finite loss."""
+    value_loss = fit.finish()
+    if not math.isfinite(value_loss) and epochs > 0:
+        raise DivergedError(f"value loss became {value_loss}")
+    return value_loss
 
 
 def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
@@ -251,6 +254,12 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     status, error = "failed", None
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
+    # With worker processes, an iteration that neither evaluates nor checkpoints
+    # leaves its critic fit to run while the workers step through the next
+    # collection (the collection does not use the critic), and its metrics row
+    # is logged when that fit is done. The same computation, in a different order.
+    overlap_critic_fit = tc.vec_env == "subproc"
+    deferred: Optional[tuple[dict[str, Any], PendingFit]] = None  # (row, critic fit) of the last iteration
     try:
         if checkpoint is None:
             obs = venv.reset()
@@ -260,7 +269,13 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
         for iteration in range(first_iteration, num_iterations(tc) + 1):
             t0 = time.perf_counter()
             actor = agent.policy.numpy_actor()
-            obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
+            obs = collect(venv, agent, actor, obs, rollout, rng, episodes,
+                          while_stepping=deferred[1].step if deferred else None)
+            if deferred is not None:
+                row, fit = deferred
+                row[M.VALUE_LOSS] = _finish_value_fit(fit, pc.value_epochs)
+                logger.log(row)
+                deferred = None
             env_steps += T * N
 
             adv, returns, values = advantages_and_returns(rollout, agent.value, pc.gamma, pc.gae_lambda)
@@ -275,10 +290,14 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 torch.from_numpy(flat_adv.astype(np.float32)),
                 pc.delta, pc.cg_iters, pc.cg_damping, pc.backtrack_iters, pc.backtrack_coeff,
             )
-            value_loss = fit_value(agent, obs_t, torch.from_numpy(returns.reshape(-1)),
-                                   pc.value_epochs, pc.value_minibatch, generator)
-            if not math.isfinite(value_loss) and pc.value_epochs > 0:
-                raise DivergedError(f"value loss became {value_loss}")
+            last = iteration == num_iterations(tc)
+            evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
+            checkpoints = iteration % tc.checkpoint_every == 0 or last
+            defer = overlap_critic_fit and not (last or evaluates or checkpoints)
+            fit = agent.value_fitter.start(obs_t.clone() if defer else obs_t,  # the rollout is refilled meanwhile
+                                           torch.from_numpy(returns.reshape(-1)),
+                                           pc.value_epochs, pc.value_minibatch, generator)
+            value_loss = float("nan") if defer else _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
                 raise DivergedError("policy parameters became non-finite")
             iter_time = time.perf_counter() - t0
@@ -304,16 +323,18 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 M.EXPLAINED_VARIANCE: explained_variance(values.reshape(-1), returns.reshape(-1)),
                 M.STEPS_PER_S: T * N / iter_time,
             }
-            last = iteration == num_iterations(tc)
+            if defer:
+                deferred = (row, fit)
+                continue
             prune = False
-            if tc.eval_every and iteration % tc.eval_every == 0 and not last:
+            if evaluates:
                 eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
                                                  tc.eval_episodes, tc.seed + 10_000)
                 best_eval = max(best_eval, eval_return)
                 row[M.EVAL_RETURN], row[M.EVAL_RETURN_STD] = eval_return, eval_std
                 prune = on_eval is not None and on_eval(env_steps, eval_return)
             logger.log(row)
-            if iteration % tc.checkpoint_every == 0 or last:
+            if checkpoints:
                 state = _checkpoint_state(cfg, agent, iteration, env_steps)
                 state["training"] = resume.capture(venv, obs, rng, generator, episodes, {
                     "train_time": train_time, "best_eval": best_eval,

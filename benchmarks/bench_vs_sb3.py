@@ -1,0 +1,367 @@
+"""trpo_lab against sb3-contrib's TRPO, side by side, at the same settings.
+
+    pip install -e '.[bench]'          # sb3-contrib 2.9.2, in its own virtualenv
+    python benchmarks/bench_vs_sb3.py --env Hopper-v5 Walker2d-v5 --steps 61440
+    python benchmarks/bench_vs_sb3.py --env Hopper-v5 --steps 307200 --seeds 0 1 2 --jobs 2
+
+Every run (raw env stepping, sb3-contrib, trpo_lab sync, trpo_lab subproc) is
+its own child process of this script, with one torch thread and one BLAS
+thread, so peak resident memory (getrusage) is that run's alone and no run
+inherits another's warm caches. Runs of one seed go one after another in one
+invocation (--jobs 1, the default), so machine load hits all of them alike;
+compare the ratios, not the absolute rates, on a shared machine.
+
+steps/s is environment steps over the wall time of training, from the first
+reset to the end of the last update, logging included, the final evaluation
+excluded. Both frameworks are then evaluated the same way: the deterministic
+policy (the Gaussian mean) on 10 episodes of a fresh environment seeded
+seed + 10000 + episode, observations normalised with the training statistics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The peer's settings: rl-zoo3 hyperparams/trpo.yml for MuJoCo (sb3-contrib 2.9.2).
+# trpo_lab is given the same ones explicitly, whatever its defaults are.
+SETTINGS = dict(
+    n_envs=2, n_steps=1024, gamma=0.99, gae_lambda=0.95, target_kl=0.01, cg_max_steps=25,
+    cg_damping=0.1, line_search_shrinking_factor=0.8, line_search_max_iter=10,
+    n_critic_updates=20, learning_rate=1e-3, batch_size=128, hidden=[64, 64], activation="tanh",
+    normalize_obs=True, normalize_reward=True, normalize_advantage=True, ortho_init=True,
+    log_std_init=0.0,
+)
+EVAL_SEED_OFFSET = 10_000
+
+
+# sb3-contrib's TRPO measures the KL of its diagonal Gaussian per action
+# dimension: `kl_divergence` of a torch `Normal` (not `Independent`) is
+# [batch, act_dim] and TRPO takes its `.mean()` over both axes, so the KL it
+# bounds by target_kl, and whose Hessian it damps by cg_damping, is the policy's
+# KL divided by act_dim. trpo_lab's `delta` bounds the policy's KL itself (the
+# sum over dimensions, as in the TRPO paper). The same update in trpo_lab's
+# units is delta = target_kl * act_dim and cg_damping = cg_damping * act_dim:
+# conjugate gradient then finds the same direction up to scale, the step size
+# and the line search's test are the same numbers (checked on one sb3 rollout:
+# the two updates agree up to CG's random start).
+PEER_KL_IS_PER_ACTION_DIM = True
+
+
+def trpo_lab_overrides(s: dict, act_dim: int) -> dict:
+    """trpo_lab's config keys holding SETTINGS (key -> value), for a task with act_dim action dimensions."""
+    scale = act_dim if PEER_KL_IS_PER_ACTION_DIM else 1
+    return {
+        "trainer.n_envs": s["n_envs"], "trainer.steps_per_iter": s["n_envs"] * s["n_steps"],
+        "trpo.gamma": s["gamma"], "trpo.gae_lambda": s["gae_lambda"], "trpo.delta": round(s["target_kl"] * scale, 12),
+        "trpo.cg_iters": s["cg_max_steps"], "trpo.cg_damping": round(s["cg_damping"] * scale, 12),
+        "trpo.backtrack_coeff": s["line_search_shrinking_factor"],
+        "trpo.backtrack_iters": s["line_search_max_iter"], "trpo.value_epochs": s["n_critic_updates"],
+        "trpo.value_lr": s["learning_rate"], "trpo.value_minibatch": s["batch_size"],
+        "network.hidden": s["hidden"], "network.activation": s["activation"],
+        "trpo.normalize_obs": s["normalize_obs"], "trpo.normalize_reward": s["normalize_reward"],
+        "trpo.normalize_advantages": s["normalize_advantage"], "network.ortho_init": s["ortho_init"],
+        "network.log_std_init": s["log_std_init"],
+    }
+
+
+def action_dim(env_id: str) -> int:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    dim = int(np.prod(env.action_space.shape))
+    env.close()
+    return dim
+
+
+# ---------------------------------------------------------------- child runs
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process (and of its reaped children, if larger), MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0  # Linux reports KiB
+
+
+def run_raw(env_id: str, steps: int, seed: int) -> dict:
+    """gymnasium env.step with uniform random actions, n_envs stepped in turn, reset on episode end."""
+    import gymnasium as gym
+
+    n = SETTINGS["n_envs"]
+    envs = [gym.make(env_id) for _ in range(n)]
+    for i, env in enumerate(envs):
+        env.reset(seed=seed + i)
+    space = envs[0].action_space
+    actions = np.random.default_rng(seed).uniform(space.low, space.high, (steps // n, n, *space.shape))
+    start = time.perf_counter()
+    for t in range(steps // n):
+        for env, action in zip(envs, actions[t]):
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                env.reset()
+    elapsed = time.perf_counter() - start
+    return {"steps": steps // n * n, "train_s": elapsed, "steps_per_s": steps // n * n / elapsed}
+
+
+def _evaluate(env_id: str, act, seed: int, episodes: int) -> float:
+    """Mean return of `act(obs) -> action` (deterministic) over `episodes` seeded episodes."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    returns = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + ep)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(
+                np.clip(act(obs), env.action_space.low, env.action_space.high))
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    env.close()
+    return float(np.mean(returns))
+
+
+def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    s = SETTINGS
+    torch.set_num_threads(1)
+    venv = VecNormalize(make_vec_env(env_id, n_envs=s["n_envs"], seed=seed, vec_env_cls=DummyVecEnv),
+                        norm_obs=s["normalize_obs"], norm_reward=s["normalize_reward"], gamma=s["gamma"])
+    model = TRPO(
+        "MlpPolicy", venv, n_steps=s["n_steps"], batch_size=s["batch_size"], gamma=s["gamma"],
+        gae_lambda=s["gae_lambda"], target_kl=s["target_kl"], cg_max_steps=s["cg_max_steps"],
+        cg_damping=s["cg_damping"], line_search_shrinking_factor=s["line_search_shrinking_factor"],
+        line_search_max_iter=s["line_search_max_iter"], n_critic_updates=s["n_critic_updates"],
+        learning_rate=s["learning_rate"], normalize_advantage=s["normalize_advantage"],
+        sub_sampling_factor=1, seed=seed, device="cpu", verbose=0,
+        policy_kwargs=dict(net_arch=dict(pi=s["hidden"], vf=s["hidden"]), activation_fn=torch.nn.Tanh,
+                           ortho_init=s["ortho_init"], log_std_init=s["log_std_init"]),
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    elapsed = time.perf_counter() - start
+    done_steps = int(model.num_timesteps)
+
+    def act(obs):
+        action, _ = model.predict(venv.normalize_obs(obs[None]), deterministic=True)
+        return action[0]
+
+    return {"steps": done_steps, "train_s": elapsed, "steps_per_s": done_steps / elapsed,
+            "eval_return": _evaluate(env_id, act, seed, eval_episodes)}
+
+
+def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env: str) -> dict:
+    sys.path.insert(0, str(REPO))
+    from omegaconf import OmegaConf
+
+    from trpo_lab.config import Config, EnvConfig
+    from trpo_lab.trainer import train
+
+    cfg = OmegaConf.structured(Config(env=EnvConfig(id=env_id)))
+    for key, value in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items():
+        OmegaConf.update(cfg, key, value)
+    for key, value in {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
+                       "trainer.threads": 1, "trainer.eval_every": 0, "trainer.eval_episodes": eval_episodes,
+                       "trainer.progress": False, "logger.wandb.mode": "disabled"}.items():
+        OmegaConf.update(cfg, key, value)
+    with tempfile.TemporaryDirectory() as run_dir:
+        summary = train(OmegaConf.to_object(cfg), Path(run_dir))
+        rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    elapsed = rows[-1]["wall_time_s"]  # to the end of the last iteration, before the final evaluation
+    # trpo_lab evaluates with env seed + 10000 + episode, like _evaluate above.
+    return {"steps": summary["env_steps"], "train_s": elapsed, "steps_per_s": summary["env_steps"] / elapsed,
+            "eval_return": summary["eval_return"]}
+
+
+def child_main(args: argparse.Namespace) -> None:
+    if args.child == "raw":
+        result = run_raw(args.env[0], args.steps, args.seeds[0])
+    elif args.child == "sb3":
+        result = run_sb3(args.env[0], args.steps, args.seeds[0], args.eval_episodes)
+    else:
+        result = run_trpo_lab(args.env[0], args.steps, args.seeds[0], args.eval_episodes,
+                              "subproc" if args.child == "trpo_lab-subproc" else "sync")
+    result["peak_rss_mib"] = _peak_rss_mib()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---------------------------------------------------------------- the parent
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def spawn(kind: str, env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
+    env = dict(os.environ, **{v: "1" for v in THREAD_VARS}, WANDB_MODE="disabled", WANDB_SILENT="true")
+    cmd = [sys.executable, __file__, "--child", kind, "--env", env_id, "--steps", str(steps),
+           "--seeds", str(seed), "--eval-episodes", str(eval_episodes)]
+    load_before = os.getloadavg()[0]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    load = {"load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2)}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return {"kind": kind, "env": env_id, "seed": seed, **json.loads(line[len("RESULT "):]), **load}
+    raise RuntimeError(f"{kind} on {env_id} seed {seed} failed:\n{proc.stderr[-3000:]}")
+
+
+def versions() -> str:
+    out = [f"python {platform.python_version()}"]
+    for mod in ("torch", "numpy", "gymnasium", "mujoco", "sb3_contrib"):
+        try:
+            out.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            out.append(f"{mod} missing")
+    return ", ".join(out)
+
+
+def _fmt(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "-"
+    mean = f"{np.mean(values):,.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} ({' / '.join(f'{v:,.{digits}f}' for v in values)})"
+
+
+def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
+    by = {k: [r for r in results if r["kind"] == k] for k in kinds}
+    rate = {k: [r["steps_per_s"] for r in rs] for k, rs in by.items()}
+    raw = float(np.mean(rate["raw"])) if rate.get("raw") else float("nan")
+    peer = float(np.mean(rate["sb3"])) if rate.get("sb3") else float("nan")
+    sync = float(np.mean(rate["trpo_lab"])) if rate.get("trpo_lab") else float("nan")
+    lines = [f"### {env_id}", "",
+             "| run | steps/s | x sb3-contrib | of raw env.step | x trpo_lab sync | peak RSS MiB | eval return |",
+             "|---|---|---|---|---|---|---|"]
+    for k in kinds:
+        rs = by[k]
+        if not rs:
+            continue
+        mean_rate = float(np.mean(rate[k]))
+        evals = [r["eval_return"] for r in rs if "eval_return" in r]
+        def ratio(base: float, spec: str) -> str:
+            return "-" if np.isnan(base) else format(mean_rate / base, spec)
+
+        lines.append(
+            f"| {k} | {_fmt(rate[k])} | {ratio(peer, '.2f')} | {ratio(raw, '.0%')} | "
+            f"{ratio(sync, '.2f')} | {max(r['peak_rss_mib'] for r in rs):.0f} | {_fmt(evals, 1)} |")
+    lines += ["", "targets (ISSUE 4): " + "; ".join(verdicts(by, rate))]
+    return "\n".join(lines)
+
+
+def verdicts(by: dict[str, list[dict]], rate: dict[str, list[float]]) -> list[str]:
+    """Each target the runs at hand can judge: 'met' or 'NOT met', with the number."""
+    def mean(kind: str) -> float:
+        return float(np.mean(rate[kind])) if rate.get(kind) else float("nan")
+
+    def say(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    out = []
+    if rate.get("trpo_lab") and rate.get("sb3"):
+        ratio = mean("trpo_lab") / mean("sb3")
+        out.append(f">= 3x sb3-contrib steps/s: {say(ratio >= 3)} ({ratio:.2f}x)")
+    if rate.get("trpo_lab") and rate.get("raw"):
+        frac = mean("trpo_lab") / mean("raw")
+        out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({frac:.0%})")
+    if rate.get("trpo_lab-subproc") and rate.get("trpo_lab"):
+        ratio = mean("trpo_lab-subproc") / mean("trpo_lab")
+        out.append(f"subproc >= 1.5x single process: {say(ratio >= 1.5)} ({ratio:.2f}x)")
+    for kind in ("trpo_lab", "trpo_lab-subproc"):
+        if by.get(kind):
+            peak, steps = max(r["peak_rss_mib"] for r in by[kind]), by[kind][0]["steps"]
+            scope = "" if steps >= 1_000_000 else f", but at {steps:,} steps; the target is for 1M"
+            out.append(f"{kind} peak RSS < 1 GiB: {say(peak < 1024)} ({peak:.0f} MiB{scope})")
+    if by.get("trpo_lab") and by.get("sb3"):
+        ours = [r["eval_return"] for r in by["trpo_lab"]]
+        theirs = [r["eval_return"] for r in by["sb3"]]
+        scope = "" if len(ours) >= 3 and by["trpo_lab"][0]["steps"] >= 300_000 else \
+            " (indicative only: the target is 3 seeds at 300k steps)"
+        out.append(f"mean eval return >= sb3-contrib's: {say(np.mean(ours) >= np.mean(theirs))} "
+                   f"({np.mean(ours):.1f} vs {np.mean(theirs):.1f}){scope}")
+    return out
+
+
+def print_saved_tables(path: Path) -> None:
+    """Tables of the runs saved in `path` (a --json list, or the '# {...}' lines this script prints)."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        results = json.loads(text)
+    else:
+        results = [json.loads(line[2:]) for line in text.splitlines() if line.startswith("# {")]
+    order = ["raw", "sb3", "trpo_lab", "trpo_lab-subproc"]
+    kinds = [k for k in order if any(r["kind"] == k for r in results)]
+    for env_id in dict.fromkeys(r["env"] for r in results):
+        print()
+        print(table(env_id, [r for r in results if r["env"] == env_id], kinds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", nargs="+", default=["Hopper-v5", "Walker2d-v5"])
+    parser.add_argument("--steps", type=int, default=61_440, help="environment steps per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--subproc", action="store_true",
+                        help="also run trpo_lab with trainer.vec_env=subproc (one process per env)")
+    parser.add_argument("--only", nargs="+", choices=["raw", "sb3", "trpo_lab", "trpo_lab-subproc"],
+                        help="run only these (e.g. trpo_lab alone for a 1M-step memory check)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time; 1 for speed, 2 for a long learning comparison on 2 cores")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run everything this many times, in alternating order (steps/s: mean of all runs)")
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also write every run's numbers here")
+    parser.add_argument("--tables-from", type=Path,
+                        help="print the tables of finished runs from a --json file or this script's output")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child_main(args)
+    if args.tables_from:
+        return print_saved_tables(args.tables_from)
+
+    kinds = args.only or ["raw", "sb3", "trpo_lab"] + (["trpo_lab-subproc"] if args.subproc else [])
+    print(f"# bench_vs_sb3: {' '.join(sys.argv[1:])}")
+    print(f"# {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+          f"load average {os.getloadavg()[0]:.2f} at start; {versions()}")
+    print(f"# settings for both (rl-zoo3 MuJoCo TRPO): {json.dumps(SETTINGS)}")
+    for env_id in args.env:
+        print(f"# trpo_lab on {env_id} is given every one of them explicitly:",
+              " ".join(f"{k}={v}" for k, v in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items()))
+    print("# NOTE: sb3-contrib's target_kl and cg_damping apply to the KL averaged over action dimensions;"
+          " trpo_lab's trpo.delta and trpo.cg_damping to the policy's KL. The peer's settings in trpo_lab's units"
+          " are target_kl * act_dim and cg_damping * act_dim, pinned above.")
+    print("# eval: deterministic, 10 episodes unless --eval-episodes, seeds seed+10000+i; not timed", flush=True)
+    # Seed by seed: a long comparison stopped early still covers every task.
+    # Repeats alternate the order of the runs, so a change of machine load
+    # during the invocation does not always fall on the same framework.
+    jobs = [(k, e, s) for r in range(args.repeats) for s in args.seeds for e in args.env
+            for k in (kinds if r % 2 == 0 else kinds[::-1])]
+    results: list[dict] = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for result in pool.map(lambda job: spawn(job[0], job[1], args.steps, job[2], args.eval_episodes), jobs):
+            print("# " + json.dumps(result), flush=True)
+            results.append(result)
+    print(f"# load average {os.getloadavg()[0]:.2f} at the end")
+    for env_id in args.env:
+        print()
+        print(table(env_id, [r for r in results if r["env"] == env_id], kinds))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
