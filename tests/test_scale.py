@@ -204,23 +204,24 @@ def test_ray_launcher_config_is_shipped():
 
 
 # ---- faults inside a sweep ------------------------------------------------------------------------
-def test_nan_reward_environment_fails_only_its_own_trial(tmp_path):
+def test_nan_reward_or_inf_observation_environment_fails_only_its_own_trial(tmp_path):
     sweep_dir = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "trpo_lab", "-m", "hydra/sweeper=trpo_optuna", *TINY,
-                        "env.id=choice(CartPole-v1,nan_env:NaNReward-v0)", "hydra/sweeper/sampler=grid",
-                        "hydra.sweeper.study_name=nan", "hydra.sweeper.n_trials=2",
+                        "env.id=choice(CartPole-v1,nan_env:NaNReward-v0,nan_env:InfObs-v0)",
+                        "hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=nan", "hydra.sweeper.n_trials=3",
                         "hydra.sweeper.max_failure_rate=1", f"hydra.sweep.dir={sweep_dir}"],
                        cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     study = optuna.load_study(study_name="nan", storage=open_storage(default_storage_url(sweep_dir)))
-    trials = assert_all_accounted(study, 2, sweep_dir)
+    trials = assert_all_accounted(study, 3, sweep_dir)
     by_env = {t.params["env.id"]: t for t in trials}
-    bad, good = by_env["nan_env:NaNReward-v0"], by_env["CartPole-v1"]
-    assert bad.state == TrialState.FAIL and "non-finite" in bad.user_attrs["fail_reason"]
-    assert good.state == TrialState.COMPLETE
-    s = summary(sweep_dir, jobs_of(bad)[0])
-    assert s["status"] == "failed" and "non-finite" in s["error"]
+    assert by_env["CartPole-v1"].state == TrialState.COMPLETE
+    for env_id in ("nan_env:NaNReward-v0", "nan_env:InfObs-v0"):
+        bad = by_env[env_id]
+        assert bad.state == TrialState.FAIL and "non-finite" in bad.user_attrs["fail_reason"]
+        s = summary(sweep_dir, jobs_of(bad)[0])
+        assert s["status"] == "failed" and "non-finite" in s["error"]
 
 
 # ---- load -----------------------------------------------------------------------------------------
