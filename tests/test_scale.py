@@ -254,3 +254,35 @@ def test_fifty_trials_four_parallel_jobs_on_the_journal_file(tmp_path):
     rr = run_cli(default_storage_url(sweep_dir), "load", str(out), cwd=tmp_path, module="trpo_lab.sweeper.results")
     assert rr.returncode == 0, rr.stderr[-2000:]
     assert len((out / "trials.csv").read_text().splitlines()) == n + 1
+
+
+def test_a_job_killed_with_sigkill_fails_its_trial_and_runs_it_again(tmp_path):
+    """kill -9 of a joblib worker mid-job: the launcher reports it lost (loky then loses every job of
+    its pool), those trials fail as interrupted, run again once, and the sweep ends with n_trials."""
+    sweep_dir = tmp_path / "sweep"
+    with open(tmp_path / "log", "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "trpo_lab", "-m", "hydra/sweeper=trpo_optuna", *TINY,
+                              "trainer.total_steps=8192", "trpo.delta=interval(0.001,0.05)",
+                              "hydra.sweeper.n_trials=3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                              f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path, env=job_env(), stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not (sweep_dir / "0" / "metrics.jsonl").exists():
+            time.sleep(0.3)
+        kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        workers = [int(k) for k in kids if "LokyProcess" in Path(f"/proc/{k}/cmdline").read_text()]
+        assert workers, "no joblib worker to kill"
+        os.kill(workers[0], signal.SIGKILL)
+        assert p.wait(timeout=180) == 0, (tmp_path / "log").read_text()[-3000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    study = optuna.load_study(study_name="trpo_lab-CartPole-v1", storage=open_storage(default_storage_url(sweep_dir)))
+    trials = assert_all_accounted(study, 3, sweep_dir)
+    lost = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert lost and all("TerminatedWorkerError" in t.user_attrs["fail_reason"] for t in lost)
+    for t in lost:
+        (retry,) = [u for u in trials if u.user_attrs.get("retry_of") == t.number]
+        assert retry.params == t.params and retry.state in (TrialState.COMPLETE, TrialState.PRUNED)

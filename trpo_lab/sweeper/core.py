@@ -421,7 +421,9 @@ class TrpoOptunaSweeperImpl:
     def _seed_outcome(self, study: optuna.Study, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
         """{"status": completed/pruned/failed, "values": [...], "error": ...} of one seed's job."""
         if isinstance(outcome, BaseException):
-            return {"status": "failed", "error": f"launcher error: {type(outcome).__name__}: {outcome}"}
+            first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
+            return {"status": "failed", "launcher": True,
+                    "error": f"launcher error: {type(outcome).__name__}: {first}"}
         assert isinstance(outcome, JobReturn)
         if outcome.status != JobStatus.COMPLETED:
             err = outcome._return_value
@@ -453,6 +455,12 @@ class TrpoOptunaSweeperImpl:
         tid, number = ot.trial._trial_id, ot.trial.number
         results = [ot.results[s] for s in sorted(ot.results)]
         errors = [r["error"] for r in results if r["status"] == "failed"]
+        if errors and all(r.get("launcher") for r in results if r["status"] == "failed") \
+                and ot.trial.user_attrs.get(RETRY_OF) is None:
+            # The launcher lost the job (a killed worker or node; joblib then loses every job of
+            # its pool): not the trial's fault, so it is re-run once, like an interrupted one.
+            _fail_interrupted(study, number, tid, ot.trial.params, "; ".join(errors))
+            return TrialState.FAIL
         if errors:
             study._storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
             _tell_study(study, number, state=TrialState.FAIL)
