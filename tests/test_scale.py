@@ -4,10 +4,13 @@
   n_trials between them, none run twice, and resume after both are SIGKILLed
   (needs TRPO_LAB_TEST_POSTGRES_URL; skipped without it, failing if it is set
   and the server cannot be reached).
+- The same race on the journal file (no server needed).
 - A trial whose sweeper went silent (killed node) fails by heartbeat, is re-run,
   and never counts as finished; the live sweeper does not wait forever.
+- A job killed with SIGKILL (its joblib worker) fails its trial as interrupted
+  and the trial runs again.
 - A sweep through Hydra's submitit launcher in local mode (SLURM's code path).
-- A NaN-reward environment fails only its own trial.
+- A NaN-reward or inf-observation environment fails only its own trial.
 - Load: 50 short trials, 4 parallel joblib jobs, journal file: every trial accounted for.
 """
 from __future__ import annotations
@@ -157,6 +160,21 @@ def test_two_sweepers_share_a_postgres_study_and_resume_after_both_are_killed(pg
             optuna.delete_study(study_name=study_name, storage=storage)
         except KeyError:
             pass
+
+
+def test_two_sweepers_at_once_on_the_journal_file_share_the_budget(tmp_path):
+    """The same race without a database server: the journal file's budget lock keeps n_trials exact."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=trpo_optuna", *TINY, "trpo.delta=interval(0.001,0.05)",
+            "hydra/sweeper/sampler=random", "hydra.sweeper.study_name=pair", "hydra.sweeper.n_trials=4",
+            f"hydra.sweep.dir={sweep_dir}"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    wait_all([start_sweep(args, tmp_path, log) for log in logs], logs, timeout=180)
+    study = optuna.load_study(study_name="pair", storage=open_storage(default_storage_url(sweep_dir)))
+    trials = assert_all_accounted(study, 4, sweep_dir)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["owner"] for t in trials}) == 2, "both sweepers ran trials"
+    assert len({t.params["trpo.delta"] for t in trials}) == 4
 
 
 # ---- stale trials by heartbeat ------------------------------------------------------------------
