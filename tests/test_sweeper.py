@@ -156,6 +156,9 @@ def test_trials_left_running_by_a_dead_sweeper_are_requeued(tmp_path):
                                 direction="maximize")
     orphan = study.ask({"trpo.delta": optuna.distributions.FloatDistribution(0.001, 0.05)})
     study._storage.set_trial_user_attr(orphan._trial_id, "job_seed0", 0)
+    dead = subprocess.run([sys.executable, "-c", "from trpo_lab.sweeper.liveness import owner_id; print(owner_id())"],
+                          env=cli_env(), capture_output=True, text=True, check=True).stdout.strip()
+    study._storage.set_trial_user_attr(orphan._trial_id, "owner", dead)  # a sweeper of this host, now gone
     r = run_cli("-m", "hydra/sweeper=trpo_optuna", *TINY, "trpo.delta=interval(0.001,0.05)",
                 "hydra.sweeper.study_name=dead", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir}",
                 cwd=tmp_path, timeout=120)

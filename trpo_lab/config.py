@@ -207,8 +207,18 @@ def validate(cfg: Config) -> None:
 
 
 def _check_env_id(env_id: str) -> None:
+    """A registered id, or gymnasium's `module:Id` (the module registers the id when imported)."""
+    import importlib
+
     import gymnasium as gym
 
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except Exception as err:
+            raise ConfigError(f"env.id={module}:{env_id!r}: cannot import module {module!r} "
+                              f"({type(err).__name__}: {err})") from None
     try:
         gym.spec(env_id)
     except Exception as err:  # gymnasium raises several error types for unknown ids

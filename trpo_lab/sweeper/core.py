@@ -11,18 +11,28 @@ Everything needed to resume lives in the study: trials and their states, the
 job numbers each trial used (`job_seed<i>` user attrs), each seed's summary.
 Rerunning the same command reopens the study, fails and re-queues the trials a
 dead sweeper left running, and continues the job numbers.
+
+Several sweepers may run one study at once (one per machine, say): each stamps
+its trials with its owner id and a heartbeat (liveness.py), fails and re-queues
+only stale trials, asks for a trial only under the study's budget lock while
+finished + live running trials < n_trials (so the total is exact), and numbers
+jobs from trial numbers (job = base + trial number * stride + seed), so output
+folders never collide.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import queue
+import signal
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -35,6 +45,7 @@ from optuna.trial import TrialState
 
 from trpo_lab import metrics as M
 from trpo_lab.sweeper.job import PRUNER_ATTR, seed_attr
+from trpo_lab.sweeper.liveness import HEARTBEAT, OWNER, BudgetLock, Heartbeat, owner_id, stale_reason
 from trpo_lab.sweeper.results import counts_toward_budget, write_results
 from trpo_lab.sweeper.search_space import SearchSpace, override_value, parse_search_space
 from trpo_lab.sweeper.storage import default_storage_url, open_storage
@@ -45,6 +56,7 @@ FAIL_REASON = "fail_reason"
 INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"
 JOB_ATTR = "job_seed{}"
+JOB_BASE, JOB_STRIDE = "job_base", "job_stride"  # study user attrs: job number = base + number * stride + seed
 NUMERIC_FIELDS = tuple(f for f in M.SUMMARY_FIELDS if f not in ("env_id", "status"))
 
 
@@ -65,7 +77,8 @@ class _OpenTrial:
 class TrpoOptunaSweeperImpl:
     def __init__(self, *, study_name: str, storage: Optional[str], n_trials: int, n_jobs: Optional[int],
                  direction: Any, objectives: Any, sampler: Any, pruner: Any, params: Any,
-                 seeds_per_trial: int, max_failure_rate: float) -> None:
+                 seeds_per_trial: int, max_failure_rate: float, heartbeat_interval: float = 10.0,
+                 grace_period: float = 60.0) -> None:
         self.study_name = str(study_name)
         self.storage_url = storage
         self.n_trials = int(n_trials)
@@ -77,6 +90,13 @@ class TrpoOptunaSweeperImpl:
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
         self.seeds_per_trial = int(seeds_per_trial)
         self.max_failure_rate = float(max_failure_rate)
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.grace_period = float(grace_period)
+        self.owner = owner_id()
+        self.heartbeat: Optional[Heartbeat] = None
+        self.budget_lock: Optional[BudgetLock] = None
+        self.job_base, self.job_stride = 0, 1
+        self._seen_trials = 0  # trials in the study after this sweeper's last ask
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
@@ -102,8 +122,14 @@ class TrpoOptunaSweeperImpl:
         storage_url = self.storage_url or default_storage_url(sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self._open_study(storage_url, arguments, space)
-        self._requeue_interrupted(study)
-        return self._run(study, storage_url, space, base_args, sweep_dir)
+        self.budget_lock = BudgetLock(storage_url, self.study_name)
+        with self.budget_lock():
+            self._fail_stale(study)
+        self.heartbeat = Heartbeat(open_storage(storage_url), self.heartbeat_interval).start()
+        try:
+            return self._run(study, storage_url, space, base_args, sweep_dir)
+        finally:
+            self.heartbeat.stop()
 
     # ---- checks before any job runs ------------------------------------------------------
     def _check_settings(self) -> None:
@@ -111,6 +137,9 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"hydra.sweeper.n_trials={self.n_trials} must be >= 1")
         if self.seeds_per_trial < 1:
             raise SweepError(f"hydra.sweeper.seeds_per_trial={self.seeds_per_trial} must be >= 1")
+        if not 0 < self.heartbeat_interval < self.grace_period:
+            raise SweepError(f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval:g} must be above 0 and "
+                             f"below hydra.sweeper.grace_period={self.grace_period:g}")
         if not 0 <= self.max_failure_rate <= 1:
             raise SweepError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate} must be in [0, 1]")
         for d in self.directions:
@@ -152,7 +181,8 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
         # A seeded sampler restarted on resume would propose the first run's points again:
         # offset its seed by the trials the study already holds (still repeatable).
-        study.sampler = self._sampler(space, seed_offset=len(study.get_trials(deepcopy=False)))
+        self._seen_trials = len(study.get_trials(deepcopy=False))
+        study.sampler = self._sampler(space, seed_offset=self._seen_trials)
         if [d.name.lower() for d in study.directions] != self.directions:
             raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
@@ -166,8 +196,34 @@ class TrpoOptunaSweeperImpl:
         study.set_user_attr("seeds_per_trial", self.seeds_per_trial)
         study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True)
                             if isinstance(self.pruner_cfg, DictConfig) else self.pruner_cfg)
+        self._job_numbering(study)
         log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
         return study
+
+    def _job_numbering(self, study: optuna.Study) -> None:
+        """Job numbers from trial numbers, so sweepers running at once never share an output folder."""
+        attrs = study.user_attrs
+        if JOB_STRIDE not in attrs:
+            trials = study.get_trials(deepcopy=False)
+            used = [v for t in trials for k, v in t.user_attrs.items() if k.startswith("job_seed")]
+            # A study numbered by an older sweeper: start above its highest job.
+            base = max(0, max(used) + 1 - len(trials) * self.seeds_per_trial) if used else 0
+            study.set_user_attr(JOB_BASE, base)
+            study.set_user_attr(JOB_STRIDE, self.seeds_per_trial)
+            attrs = study.user_attrs
+        self.job_base, self.job_stride = int(attrs[JOB_BASE]), int(attrs[JOB_STRIDE])
+        if self.seeds_per_trial > self.job_stride:
+            raise SweepError(f"study {self.study_name!r} was started with hydra.sweeper.seeds_per_trial="
+                             f"{self.job_stride}, which fixes its job numbering; keep it at most that, or pick "
+                             "another hydra.sweeper.study_name")
+
+    def _job_number(self, number: int, seed: int) -> int:
+        return self.job_base + number * self.job_stride + seed
+
+    def _reseedable(self) -> bool:
+        """A seeded sampler whose seed is not part of a sequence (QMC's seed fixes its sequence)."""
+        cfg = self.sampler_cfg or {"seed": 0}
+        return cfg.get("seed") is not None and not str(cfg.get("_target_", "")).endswith("QMCSampler")
 
     def _sampler(self, space: SearchSpace, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         cfg = self.sampler_cfg
@@ -183,15 +239,51 @@ class TrpoOptunaSweeperImpl:
         except Exception as err:
             raise SweepError(f"hydra.sweeper.sampler: cannot build {cfg.get('_target_')}: {err}") from None
 
-    def _requeue_interrupted(self, study: optuna.Study, why: str = "the sweep stopped before it finished"
-                             ) -> None:
-        """Fail the study's RUNNING trials as interrupted and re-queue their parameters.
-
-        Called on start (trials a dead sweeper left behind) and when this sweeper
-        stops early; one sweeper per study, so every RUNNING trial is ours.
-        """
+    def _fail_stale(self, study: optuna.Study) -> int:
+        """Fail and re-queue RUNNING trials whose sweeper is gone (liveness.py); the number of live ones left."""
+        live = 0
+        now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            _fail_interrupted(study, t.number, t._trial_id, t.params, why)
+            why = stale_reason(t, self.grace_period, self.owner, now)
+            if why is None:
+                live += 1
+            else:
+                _fail_interrupted(study, t.number, t._trial_id, t.params, f"stale: {why}")
+        return live
+
+    def _release_own(self, study: optuna.Study, open_trials: dict[int, "_OpenTrial"], why: str) -> None:
+        """Fail this sweeper's open trials as interrupted and re-queue them (other sweepers' are theirs)."""
+        for ot in list(open_trials.values()):
+            _fail_interrupted(study, ot.trial.number, ot.trial._trial_id, ot.trial.params, why)
+            self.heartbeat.remove(ot.trial._trial_id)
+
+    def _ask(self, study: optuna.Study, space: SearchSpace, n_trials: int
+             ) -> tuple[Optional[optuna.trial.Trial], int]:
+        """A new trial if the study has room, under the budget lock: (trial or None, others' live trials).
+
+        Room: finished trials (interrupted ones excepted) + live RUNNING trials of every
+        sweeper < n_trials. Holding the lock while counting and asking makes the total exact.
+        """
+        assert self.budget_lock is not None and self.heartbeat is not None
+        with self.budget_lock(), _sigint_deferred():
+            live = self._fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            mine = self.heartbeat.ids()
+            others = sum(t.state == TrialState.RUNNING and t._trial_id not in mine for t in trials)
+            used = sum(counts_toward_budget(t) for t in trials) + live
+            if used >= n_trials:
+                return None, others
+            n = len(trials)
+            if n != self._seen_trials and self._reseedable():
+                # Another sweeper asked since our last ask: a seeded sampler would propose the
+                # points that sweeper just got. Re-seed it from the study's size (still repeatable).
+                study.sampler = self._sampler(space, seed_offset=n)
+            trial = study.ask(space.distributions)
+            self._seen_trials = n if trial.number < n else n + 1  # a re-queued trial adds none
+            study._storage.set_trial_user_attr(trial._trial_id, OWNER, self.owner)
+            study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+            self.heartbeat.add(trial._trial_id)
+            return trial, others
 
     # ---- the scheduling loop -------------------------------------------------------------
     def _slots(self) -> tuple[int, bool]:
@@ -217,11 +309,9 @@ class TrpoOptunaSweeperImpl:
                 n_trials = grid
         trials = study.get_trials(deepcopy=False)
         finished = sum(counts_toward_budget(t) for t in trials)
-        failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL for t in trials)
-        next_job = 1 + max((v for t in trials for k, v in t.user_attrs.items() if k.startswith("job_seed")),
-                           default=-1)
-        log.info("%d of %d trials finished; %d parallel jobs, %d seed(s) per trial, first job number %d",
-                 finished, n_trials, slots, self.seeds_per_trial, next_job)
+        log.info("%d of %d trials finished; %d parallel jobs, %d seed(s) per trial; sweeper %s",
+                 finished, n_trials, slots, self.seeds_per_trial, self.owner)
+        poll = min(5.0, self.heartbeat_interval)
 
         done: queue.Queue = queue.Queue()
         open_trials: dict[int, _OpenTrial] = {}
@@ -231,11 +321,12 @@ class TrpoOptunaSweeperImpl:
         tags = list(OmegaConf.select(self.config, "logger.wandb.tags", default=[]) or [])
         try:
             while True:
+                others = 0
                 while running < slots and stop_reason is None:
                     if not waiting:
-                        if finished + len(open_trials) >= n_trials:
+                        trial, others = self._ask(study, space, n_trials)
+                        if trial is None:
                             break
-                        trial = study.ask(space.distributions)
                         overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
                         open_trials[trial.number] = _OpenTrial(trial, overrides)
                         waiting.extend((trial.number, i) for i in range(self.seeds_per_trial))
@@ -243,8 +334,16 @@ class TrpoOptunaSweeperImpl:
                     ot = open_trials.get(number)
                     if ot is None or ot.doomed:  # a sibling seed was pruned or failed: skip this one
                         continue
-                    job_num, next_job = next_job, next_job + 1
-                    study._storage.set_trial_user_attr(ot.trial._trial_id, JOB_ATTR.format(seed), job_num)
+                    job_num = self._job_number(number, seed)
+                    try:
+                        study._storage.set_trial_user_attr(ot.trial._trial_id, JOB_ATTR.format(seed), job_num)
+                    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another sweeper
+                        log.warning("trial %d was finished elsewhere; not starting its seed %d", number, seed)
+                        ot.doomed = "failed"
+                        if ot.running == 0:
+                            del open_trials[number]
+                            self.heartbeat.remove(ot.trial._trial_id)
+                        continue
                     job = base_args + ot.overrides + self._trial_overrides(
                         storage_url, ot.trial, seed, base_seed, tags)
                     ot.running += 1
@@ -256,8 +355,17 @@ class TrpoOptunaSweeperImpl:
                     else:
                         self._launch(number, seed, job, job_num, done)
                 if running == 0:
-                    break
-                number, seed, outcome = _get(done)
+                    if stop_reason is not None or others == 0:
+                        break
+                    # The budget is held by other sweepers' running trials: wait until they end
+                    # or go stale (then this sweeper re-runs them), so no trial is left behind.
+                    log.info("waiting for %d trial(s) of other sweepers", others)
+                    time.sleep(poll)
+                    continue
+                item = _get(done, timeout=poll)
+                if item is None:
+                    continue  # look again for room (other sweepers' trials may have ended or gone stale)
+                number, seed, outcome = item
                 running -= 1
                 ot = open_trials[number]
                 ot.running -= 1
@@ -265,10 +373,11 @@ class TrpoOptunaSweeperImpl:
                 if ot.results[seed]["status"] in ("pruned", "failed") and not ot.doomed:
                     ot.doomed = ot.results[seed]["status"]
                 if ot.running == 0 and (ot.doomed or len(ot.results) == self.seeds_per_trial):
-                    state = self._tell(study, ot)
+                    self._tell(study, ot)
                     del open_trials[number]
-                    finished += 1
-                    failures += state == TrialState.FAIL
+                    self.heartbeat.remove(ot.trial._trial_id)
+                    failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL
+                                   for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
                     if failures > self.max_failure_rate * n_trials and stop_reason is None:
                         stop_reason = (f"{failures} of {n_trials} trials failed, above "
                                        f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
@@ -276,10 +385,10 @@ class TrpoOptunaSweeperImpl:
         except KeyboardInterrupt:
             log.warning("interrupted: marking %d running trial(s) as interrupted; rerun the command to resume",
                         len(open_trials))
-            self._requeue_interrupted(study, "interrupted (Ctrl-C)")
+            self._release_own(study, open_trials, "interrupted (Ctrl-C)")
             write_results(study, sweep_dir, self.objectives)
             raise SystemExit(130) from None  # Ctrl-C's usual exit status, without a traceback
-        self._requeue_interrupted(study, "the sweep stopped before all its seeds ran")
+        self._release_own(study, open_trials, "the sweep stopped before all its seeds ran")
         write_results(study, sweep_dir, self.objectives)
         if stop_reason:
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
@@ -312,7 +421,9 @@ class TrpoOptunaSweeperImpl:
     def _seed_outcome(self, study: optuna.Study, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
         """{"status": completed/pruned/failed, "values": [...], "error": ...} of one seed's job."""
         if isinstance(outcome, BaseException):
-            return {"status": "failed", "error": f"launcher error: {type(outcome).__name__}: {outcome}"}
+            first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
+            return {"status": "failed", "launcher": True,
+                    "error": f"launcher error: {type(outcome).__name__}: {first}"}
         assert isinstance(outcome, JobReturn)
         if outcome.status != JobStatus.COMPLETED:
             err = outcome._return_value
@@ -330,10 +441,26 @@ class TrpoOptunaSweeperImpl:
             return {"status": "failed", "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
         return {"status": "completed", "values": values}
 
-    def _tell(self, study: optuna.Study, ot: _OpenTrial) -> TrialState:
+    def _tell(self, study: optuna.Study, ot: _OpenTrial) -> Optional[TrialState]:
+        try:
+            return self._tell_outcome(study, ot)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if not study._storage.get_trial(ot.trial._trial_id).state.is_finished():
+                raise
+            log.warning("trial %d was already finished elsewhere (failed as stale?); its runs' outputs stay "
+                        "in their folders", ot.trial.number)
+            return None
+
+    def _tell_outcome(self, study: optuna.Study, ot: _OpenTrial) -> TrialState:
         tid, number = ot.trial._trial_id, ot.trial.number
         results = [ot.results[s] for s in sorted(ot.results)]
         errors = [r["error"] for r in results if r["status"] == "failed"]
+        if errors and all(r.get("launcher") for r in results if r["status"] == "failed") \
+                and ot.trial.user_attrs.get(RETRY_OF) is None:
+            # The launcher lost the job (a killed worker or node; joblib then loses every job of
+            # its pool): not the trial's fault, so it is re-run once, like an interrupted one.
+            _fail_interrupted(study, number, tid, ot.trial.params, "; ".join(errors))
+            return TrialState.FAIL
         if errors:
             study._storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
             _tell_study(study, number, state=TrialState.FAIL)
@@ -366,13 +493,31 @@ def _tell_study(study: optuna.Study, number: int, values: Optional[Sequence[floa
             raise
 
 
-def _get(done: queue.Queue) -> Any:
-    """Wait for a finished job in short slices, so Ctrl-C reaches this thread promptly."""
-    while True:
+def _get(done: queue.Queue, timeout: float) -> Any:
+    """A finished job, or None after `timeout` s; waits in short slices, so Ctrl-C reaches this thread promptly."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
             return done.get(timeout=0.5)
         except queue.Empty:
             continue
+    return None
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a trial is asked and stamped, so no trial is left without an owner."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
 
 
 def _fail_interrupted(study: optuna.Study, number: int, trial_id: int, params: dict, why: str) -> None:
