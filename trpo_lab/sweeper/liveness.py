@@ -15,7 +15,7 @@ older version of the sweeper, or by a sweeper killed between ask and stamp).
 
 The budget lock serialises "count the study's trials, ask one more if there is
 room" between sweepers, so `n_trials` is exact however many run at once: a file
-lock next to the journal (Optuna's own O_EXCL lock, NFS-safe), an advisory lock
+lock next to the journal (storage.FlockLock: never stale after kill -9), an advisory lock
 in PostgreSQL (`pg_advisory_lock`) or MySQL (`GET_LOCK`), a file lock next to an
 SQLite file.
 """
@@ -34,7 +34,7 @@ from typing import Iterator, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX, FlockLock
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class BudgetLock:
     @staticmethod
     @contextlib.contextmanager
     def _file_lock(path: str) -> Iterator[None]:
-        lock = optuna.storages.journal.JournalFileOpenLock(path, grace_period=60)
+        lock = FlockLock(path)
         lock.acquire()
         try:
             yield

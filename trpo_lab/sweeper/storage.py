@@ -21,9 +21,11 @@ JOURNAL_NAME = "optuna.journal"
 
 
 class FlockLock:
-    """The journal's inter-process lock, held with flock(2) on `<journal>.flock`.
+    """An inter-process lock held with flock(2) on the file `lock_path`.
 
-    Implements the acquire/release protocol JournalFileBackend calls its lock with.
+    Implements the acquire/release protocol JournalFileBackend calls its lock
+    with; it guards the journal (`<journal>.flock`) and the sweepers' budget
+    (`<journal>.budget`, see liveness.BudgetLock).
 
     The kernel drops a flock when its holder dies, even by kill -9, so a killed
     job never leaves a stale lock behind. Optuna's default symlink lock can: and
@@ -32,8 +34,8 @@ class FlockLock:
     works on local disks; across machines use an RDB URL.
     """
 
-    def __init__(self, journal_path: str):
-        self._path = journal_path + ".flock"
+    def __init__(self, lock_path: str):
+        self._path = lock_path
         self._held = threading.local()  # the descriptor this thread holds the lock through
 
     def acquire(self) -> bool:
@@ -62,7 +64,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith(JOURNAL_PREFIX):
         path = Path(url[len(JOURNAL_PREFIX):])
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(str(path)))
+        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(f"{path}.flock"))
         return optuna.storages.JournalStorage(backend)
     if url.startswith("sqlite"):
         optuna.logging.get_logger(__name__).warning(
