@@ -11,7 +11,7 @@ from conftest import cli_env
 HOLD = """
 import sys, time
 from trpo_lab.sweeper.storage import FlockLock
-lock = FlockLock(sys.argv[1])
+lock = FlockLock(sys.argv[1] + ".flock")
 lock.acquire()
 print("held", flush=True)
 time.sleep(120)
