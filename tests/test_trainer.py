@@ -1,8 +1,6 @@
 """Tier 4: learning, determinism, and every ending leaving a summary."""
 import json
 
-import gymnasium as gym
-import numpy as np
 import pytest
 
 from conftest import read_jsonl
@@ -38,27 +36,9 @@ def test_subproc_and_sync_give_the_same_numbers(tmp_path):
             == _strip_times(read_jsonl(tmp_path / "subproc" / "metrics.jsonl")))
 
 
-class NaNRewardEnv(gym.Env):
-    """Returns a NaN reward on its 50th step."""
-
-    observation_space = gym.spaces.Box(-1, 1, (2,))
-    action_space = gym.spaces.Discrete(2)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(2, dtype=np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        reward = float("nan") if self.t == 50 else 1.0
-        return np.zeros(2, dtype=np.float32), reward, False, self.t >= 100, {}
-
-
 def test_diverging_environment_ends_failed_with_reason_in_summary(tmp_path):
-    gym.register("trpo_lab_test/NaNReward-v0", entry_point=NaNRewardEnv)
     with pytest.raises(DivergedError):
-        train(_cfg("trpo_lab_test/NaNReward-v0", n_envs=1), tmp_path)
+        train(_cfg("nan_env:NaNReward-v0", n_envs=1), tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert "non-finite" in summary["error"]
