@@ -294,9 +294,9 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
             evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
             checkpoints = iteration % tc.checkpoint_every == 0 or last
             defer = overlap_critic_fit and not (last or evaluates or checkpoints)
-            fit = agent.value_fitter.start(obs_t.clone() if defer else obs_t,  # the rollout is refilled meanwhile
-                                           torch.from_numpy(returns.reshape(-1)),
-                                           pc.value_epochs, pc.value_minibatch, generator)
+            flat_obs = rollout.obs.reshape(T * N, -1)
+            fit = agent.value_fitter.start(flat_obs.copy() if defer else flat_obs,  # the rollout is refilled meanwhile
+                                           returns.reshape(-1), pc.value_epochs, pc.value_minibatch, generator)
             value_loss = float("nan") if defer else _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
                 raise DivergedError("policy parameters became non-finite")
