@@ -1,7 +1,9 @@
 """Tier 1: running statistics and reward scaling against step-by-step references."""
 import numpy as np
 
-from trpo_lab.envs import RewardScaler, RunningMeanStd
+import pytest
+
+from trpo_lab.envs import ObsNormalizer, RewardScaler, RunningMeanStd
 
 
 def test_running_mean_std_matches_numpy_over_all_batches():
@@ -48,3 +50,24 @@ def test_reward_scaler_equals_scaling_step_by_step():
             expected.append(np.clip(rewards[k, t] / np.sqrt(rms.var + eps), -10, 10))
     np.testing.assert_allclose(np.concatenate(got), np.array(expected), rtol=1e-9)
     np.testing.assert_allclose(scaler.returns, returns)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_rollout_normalizer_equals_updating_step_by_step(enabled):
+    """The per-step sums of the collection loop against ObsNormalizer(obs, update=True) per step."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(50.0, 4.0, size=(3, 30, 2, 5))  # 3 rollouts of 30 steps, 2 envs, 5 dims
+    data[1, 7, 0, 2] = 900.0                          # an outlier the clip must cut
+    reference, fast = ObsNormalizer((5,), enabled=enabled), ObsNormalizer((5,), enabled=enabled)
+    for rollout in data:
+        session = fast.rollout()
+        for obs in rollout:
+            expected = reference(obs, update=True)
+            got = session.step(obs, out=np.empty((2, 5), dtype=np.float32))
+            np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-6)  # float32 out
+            np.testing.assert_allclose(session.normalise(obs[:1]), reference(obs[:1]), rtol=1e-9, atol=1e-9)
+        session.finish()
+        np.testing.assert_allclose(fast.rms.mean, reference.rms.mean, rtol=1e-12)
+        np.testing.assert_allclose(fast.rms.var, reference.rms.var, rtol=1e-9)
+        assert fast.rms.count == reference.rms.count
+    assert (np.abs(fast(data[1, 7])).max() <= 10.0) == enabled  # disabled: observations pass as they are

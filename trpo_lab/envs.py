@@ -436,12 +436,92 @@ class ObsNormalizer:
             self.rms.update(obs)
         return np.clip((obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
 
+    def rollout(self) -> "RolloutNormalizer":
+        """Per-step updating and normalising for one rollout; call its `finish` at the end."""
+        return RolloutNormalizer(self)
+
     def state_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "clip": self.clip, **self.rms.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.enabled, self.clip = bool(state["enabled"]), float(state["clip"])
         self.rms.load_state_dict(state)
+
+
+class RolloutNormalizer:
+    """`ObsNormalizer(obs, update=True)` step after step, with the statistics kept as sums.
+
+    The per-step update of `RunningMeanStd` is a dozen small numpy calls; here
+    it is four. Anchored at the mean m0, variance v0 and count c0 at the start
+    of the rollout: with y = x - m0 for every row x seen since, S = sum y,
+    Q = v0 c0 + sum y^2 and c = c0 + rows, the running statistics are
+    mean = m0 + S / c and var = Q / c - (S / c)^2, the pooled statistics the
+    sequential update computes (as `RunningMeanStd.update_each` does), up to
+    rounding. `finish` writes them back into the normaliser.
+    """
+
+    def __init__(self, norm: ObsNormalizer):
+        self.norm, rms = norm, norm.rms
+        self.enabled = norm.enabled
+        d = rms.mean.size
+        self._anchor, self._count = rms.mean.reshape(-1).copy(), rms.count
+        self._sums = np.zeros(2 * d)  # [S, Q]
+        self._sums[d:] = rms.var.reshape(-1) * rms.count
+        self._rows: np.ndarray | None = None  # [n, 2d]: y and y^2 of the latest step
+        self._scaled = np.empty(2 * d)        # [S / c, Q / c]
+        self._std = np.empty(d)
+        self._d = d
+
+    def step(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Add obs [n, d] to the statistics, then write obs normalised with them into `out` [n, d]."""
+        if not self.enabled:
+            np.copyto(out, obs)
+            return out
+        d = self._d
+        if obs.ndim != 2:
+            obs = obs.reshape(obs.shape[0], d)
+        if self._rows is None or self._rows.shape[0] != obs.shape[0]:
+            self._rows = np.empty((obs.shape[0], 2 * d))
+        y, y2 = self._rows[:, :d], self._rows[:, d:]
+        np.subtract(obs, self._anchor, out=y)
+        np.multiply(y, y, out=y2)
+        self._sums += np.add.reduce(self._rows, 0)
+        self._count += obs.shape[0]
+        self._update_std()
+        return self._normalise(y, out)
+
+    def normalise(self, obs: np.ndarray) -> np.ndarray:
+        """obs [n, d] normalised with the statistics so far, without adding it (float64)."""
+        if not self.enabled:
+            return np.array(obs, dtype=np.float64)
+        return self._normalise(obs - self._anchor, np.empty(obs.shape))
+
+    def _update_std(self) -> None:
+        d, scaled = self._d, self._scaled
+        np.multiply(self._sums, 1.0 / self._count, out=scaled)   # [S/c, Q/c]
+        np.multiply(scaled[:d], scaled[:d], out=self._std)
+        np.subtract(scaled[d:], self._std, out=self._std)        # var = Q/c - (S/c)^2
+        self._std += self.norm.eps
+        np.sqrt(self._std, out=self._std)
+
+    def _normalise(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """(y - S/c) / std, clipped, into out: y is obs - m0, so this is (obs - mean) / std."""
+        np.subtract(y, self._scaled[:self._d], out=out)
+        np.divide(out, self._std, out=out)
+        np.minimum(out, self.norm.clip, out=out)
+        np.maximum(out, -self.norm.clip, out=out)
+        return out
+
+    def finish(self) -> None:
+        """Write the statistics back into the normaliser's RunningMeanStd."""
+        if not self.enabled:
+            return
+        rms, d = self.norm.rms, self._d
+        mean_offset, second = self._sums[:d] / self._count, self._sums[d:] / self._count
+        shape = rms.mean.shape
+        rms.mean = (self._anchor + mean_offset).reshape(shape)
+        rms.var = (second - mean_offset * mean_offset).reshape(shape)
+        rms.count = float(self._count)
 
 
 class RewardScaler:

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 _TORCH_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-_NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
-    "silu": lambda x: x / (1.0 + np.exp(-x)),
+# In place: each overwrites its argument with activation(argument).
+_NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], object]] = {
+    "tanh": lambda h: np.tanh(h, out=h),
+    "relu": lambda h: np.maximum(h, 0.0, out=h),
+    "elu": lambda h: np.copyto(h, np.where(h > 0, h, np.expm1(np.minimum(h, 0.0)))),
+    "silu": lambda h: np.multiply(h, 1.0 / (1.0 + np.exp(-h)), out=h),
 }
 ACTIVATIONS = tuple(_TORCH_ACTIVATIONS)
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -215,9 +216,10 @@ def make_policy(obs_dim: int, action_space, hidden: list[int], activation: str,
 class NumpyActor:
     """A frozen numpy copy of a policy for acting: sample(obs) -> (actions, log-probs).
 
-    Takes float64 observations [N, obs_dim]; returns actions [N, act_dim]
-    (float64) or [N] (int64) and their log-probabilities [N] under the copied
-    policy (the behaviour policy beta of DESIGN.md).
+    Takes float observations [N, obs_dim]; returns actions [N, act_dim]
+    (float64) or [N] (int64) and their log-probabilities under the copied
+    policy (the behaviour policy beta of DESIGN.md). The forward pass writes
+    into arrays allocated once per batch size.
     """
 
     def __init__(self, net: nn.Sequential, activation: str, log_std: np.ndarray | None):
@@ -229,33 +231,44 @@ class NumpyActor:
         if log_std is not None:
             self.std = np.exp(log_std)
             self.logp_const = -log_std.sum() - 0.5 * len(log_std) * _LOG_2PI
+        self._buffers: dict[int, list[np.ndarray]] = {}
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        h = obs
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = h @ w + b
+        """The net's output [N, out]: an array of this actor's, overwritten by the next call."""
+        buffers = self._buffers.get(obs.shape[0])
+        if buffers is None:
+            buffers = self._buffers[obs.shape[0]] = [np.empty((obs.shape[0], w.shape[1])) for w in self.weights]
+        h, last = obs, len(self.weights) - 1
+        for i, (w, b, out) in enumerate(zip(self.weights, self.biases, buffers)):
+            np.matmul(h, w, out=out)
+            out += b
             if i < last:
-                h = self.act(h)
+                self.act(out)
+            h = out
         return h
 
-    def noise(self, rng: np.random.Generator, steps: int, n: int) -> np.ndarray:
+    def noise(self, rng: np.random.Generator, steps: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The randomness of `steps` calls to `sample` for n observations, drawn at once.
 
-        Standard normal [steps, n, act_dim] (Gaussian) or uniform [steps, n, 1]
-        (categorical): the same numbers, in the same order, as drawing each
-        step's share in turn, without the per-call cost of the generator.
+        Returns (noise, log-probs). Gaussian: noise is std * eps for standard
+        normal eps [steps, n, act_dim], and since the action mean + std * eps
+        has log-probability const - |eps|^2 / 2 whatever the mean, the
+        log-probs [steps, n] come with it. Categorical: uniform [steps, n, 1]
+        and None (they depend on the logits). The same numbers, in the same
+        order, as drawing each step's share in turn, without the per-call cost
+        of the generator.
         """
         if self.log_std is not None:
-            return rng.standard_normal((steps, n, len(self.log_std)))
-        return rng.random((steps, n, 1))
+            eps = rng.standard_normal((steps, n, len(self.log_std)))
+            return self.std * eps, self.logp_const - 0.5 * (eps * eps).sum(-1)
+        return rng.random((steps, n, 1)), None
 
-    def sample(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Actions and their log-probabilities for obs [N, obs_dim], given one step of `noise()` [N, ...]."""
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions for obs [N, obs_dim], given one step of `noise()` [N, ...], and their
+        log-probabilities [N] (None for a Gaussian: `noise()` gave them)."""
         out = self.forward(obs)
         if self.log_std is not None:
-            actions = out + self.std * noise
-            return actions, self.logp_const - 0.5 * (noise * noise).sum(-1)
+            return out + noise, None
         logits = out - out.max(-1, keepdims=True)
         logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         cdf = np.cumsum(np.exp(logp_all), -1)
@@ -264,4 +277,4 @@ class NumpyActor:
 
     def deterministic(self, obs: np.ndarray) -> np.ndarray:
         out = self.forward(obs)
-        return out if self.log_std is not None else out.argmax(-1)
+        return out.copy() if self.log_std is not None else out.argmax(-1)

@@ -116,36 +116,48 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
     """Fill `rollout` by acting with `actor`; returns the observation to continue from.
 
     `while_stepping` is called once per step while the environments step
-    (with worker processes, this process is otherwise idle then).
+    (with worker processes, this process is otherwise idle then). The per-step
+    path writes into preallocated arrays; what can wait for the whole rollout
+    (the finiteness checks, reward scaling) does.
     """
     box = isinstance(venv.action_space, gym.spaces.Box)
-    low, high = (venv.action_space.low, venv.action_space.high) if box else (None, None)
     rollout.truncations = []
-    noise = actor.noise(rng, *rollout.behaviour_logp.shape)
+    noise, logp = actor.noise(rng, *rollout.behaviour_logp.shape)
+    if logp is not None:
+        rollout.behaviour_logp[:] = logp
+    if box:
+        low, high = venv.action_space.low, venv.action_space.high
+        clipped = np.empty(rollout.actions.shape[1:])
+    norm = agent.obs_norm.rollout()
     for t in range(rollout.obs.shape[0]):
-        obs_n = agent.obs_norm(obs, update=True)
-        actions, logp = actor.sample(obs_n, noise[t])
-        venv.step_async(np.clip(actions, low, high) if box else actions)
+        obs_n = norm.step(obs, out=rollout.obs[t])
+        actions, step_logp = actor.sample(obs_n, noise[t])
+        if step_logp is not None:
+            rollout.behaviour_logp[t] = step_logp
+        rollout.actions[t] = actions
+        if box:
+            np.minimum(actions, high, out=clipped)
+            venv.step_async(np.maximum(clipped, low, out=clipped))
+        else:
+            venv.step_async(actions)
         if while_stepping is not None:
             while_stepping()
         step = venv.step_wait()
-        if not (np.isfinite(step.obs).all() and np.isfinite(step.rewards).all()):
-            raise DivergedError("the environment returned a non-finite observation or reward")
-        ends = step.terminated | step.truncated
-        rollout.obs[t] = obs_n
-        rollout.actions[t] = actions
-        rollout.behaviour_logp[t] = logp
         rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
         rollout.terminated[t] = step.terminated
-        rollout.episode_ends[t] = ends
+        np.logical_or(step.terminated, step.truncated, out=rollout.episode_ends[t])
         for i, final in step.final_obs.items():
             if step.truncated[i] and not step.terminated[i]:
-                if not np.isfinite(final).all():
-                    raise DivergedError("the environment returned a non-finite observation")
-                rollout.truncations.append((t, i, agent.obs_norm(final[None])[0]))
+                rollout.truncations.append((t, i, norm.normalise(final[None])[0]))
         if step.episodes:
             episodes.extend(step.episodes)
-        obs = step.obs  # the vector env's buffer: read (by obs_norm) before the next step rewrites it
+        obs = step.obs  # the vector env's buffer: read (by norm.step) before the next step rewrites it
+    norm.finish()
+    # A non-finite observation makes every normalised one after it non-finite
+    # (the running sums hold it), so checking the stored ones covers them all.
+    if not (np.isfinite(rollout.obs).all() and np.isfinite(obs).all() and np.isfinite(rollout.rewards).all()
+            and all(np.isfinite(f).all() for _, _, f in rollout.truncations)):
+        raise DivergedError("the environment returned a non-finite observation or reward")
     rollout.rewards[:] = agent.reward_scaler(rollout.rewards, rollout.episode_ends)
     rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
     return obs.copy()
