@@ -43,6 +43,9 @@ SETTINGS = dict(
     n_critic_updates=20, learning_rate=1e-3, batch_size=128, hidden=[64, 64], activation="tanh",
     normalize_obs=True, normalize_reward=True, normalize_advantage=True, ortho_init=True,
     log_std_init=0.0,
+    # Not a TRPO argument: stable-baselines3's policies build their Adam with eps 1e-5
+    # (torch's default is 1e-8). Passed to both explicitly.
+    adam_eps=1e-5,
 )
 EVAL_SEED_OFFSET = 10_000
 
@@ -73,7 +76,7 @@ def trpo_lab_overrides(s: dict, act_dim: int) -> dict:
         "network.hidden": s["hidden"], "network.activation": s["activation"],
         "trpo.normalize_obs": s["normalize_obs"], "trpo.normalize_reward": s["normalize_reward"],
         "trpo.normalize_advantages": s["normalize_advantage"], "network.ortho_init": s["ortho_init"],
-        "network.log_std_init": s["log_std_init"],
+        "network.log_std_init": s["log_std_init"], "trpo.value_adam_eps": s["adam_eps"],
     }
 
 
@@ -152,7 +155,8 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
         learning_rate=s["learning_rate"], normalize_advantage=s["normalize_advantage"],
         sub_sampling_factor=1, seed=seed, device="cpu", verbose=0,
         policy_kwargs=dict(net_arch=dict(pi=s["hidden"], vf=s["hidden"]), activation_fn=torch.nn.Tanh,
-                           ortho_init=s["ortho_init"], log_std_init=s["log_std_init"]),
+                           ortho_init=s["ortho_init"], log_std_init=s["log_std_init"],
+                           optimizer_kwargs=dict(eps=s["adam_eps"])),
     )
     start = time.perf_counter()
     model.learn(total_timesteps=steps)

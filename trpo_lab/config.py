@@ -59,6 +59,8 @@ class TRPOConfig:
     value_lr: float = 1e-3
     value_epochs: int = 20
     value_minibatch: int = 128
+    # Adam's epsilon for the critic: stable-baselines3's 1e-5 (torch's default is 1e-8).
+    value_adam_eps: float = 1e-5
 
 
 @dataclass
@@ -176,6 +178,8 @@ def validate(cfg: Config) -> None:
     check(number(t.value_lr) and t.value_lr > 0, "trpo.value_lr", t.value_lr, "must be a finite number > 0")
     check(t.value_epochs >= 0, "trpo.value_epochs", t.value_epochs, "must be an integer >= 0")
     check(t.value_minibatch >= 1, "trpo.value_minibatch", t.value_minibatch, "must be an integer >= 1")
+    check(number(t.value_adam_eps) and t.value_adam_eps > 0, "trpo.value_adam_eps", t.value_adam_eps,
+          "must be a finite number > 0")
 
     n = cfg.network
     check(number(n.log_std_init), "network.log_std_init", n.log_std_init, "must be a finite number")

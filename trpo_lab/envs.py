@@ -56,13 +56,14 @@ class _EpisodeTracker:
         self.returns = np.zeros(n)
         self.lengths = np.zeros(n, dtype=np.int64)
 
-    def add(self, rewards: np.ndarray, ended: np.ndarray) -> list[tuple[float, int]]:
+    def add(self, rewards: np.ndarray, ended) -> list[tuple[float, int]]:
+        """Count one step; (return, length) of each episode that ended (the indices in `ended`)."""
         self.returns += rewards
         self.lengths += 1
-        if not ended.any():
+        if not len(ended):
             return []
         finished = []
-        for i in np.flatnonzero(ended):
+        for i in ended:
             finished.append((float(self.returns[i]), int(self.lengths[i])))
             self.returns[i] = 0.0
             self.lengths[i] = 0
@@ -195,19 +196,18 @@ class SyncVecEnv:
 
     def step_wait(self) -> StepResult:
         final_obs: dict[int, np.ndarray] = {}
-        for i, (env, action) in enumerate(zip(self.envs, self._actions)):
-            self._store(i, _step_one(env, action), final_obs)
+        for i, env in enumerate(self.envs):
+            obs, self._rewards[i], terminated, truncated, _ = env.step(self._actions[i])
+            if terminated or truncated:
+                final_obs[i] = np.asarray(obs, dtype=np.float64)
+                obs, _ = env.reset()
+            self._obs[i] = obs
+            self._terminated[i], self._truncated[i] = terminated, truncated
         return self._result(final_obs)
 
-    def _store(self, i: int, result: tuple, final_obs: dict[int, np.ndarray]) -> None:
-        """Write environment i's `_step_one` result into the step arrays."""
-        obs, self._rewards[i], self._terminated[i], self._truncated[i], final = result
-        self._obs[i] = obs
-        if final is not None:
-            final_obs[i] = np.asarray(final, dtype=np.float64)
-
     def _result(self, final_obs: dict[int, np.ndarray]) -> StepResult:
-        episodes = self._tracker.add(self._rewards, self._terminated | self._truncated)
+        """The step's StepResult; final_obs has an entry for every environment whose episode ended."""
+        episodes = self._tracker.add(self._rewards, final_obs)
         return StepResult(self._obs, self._rewards, self._terminated, self._truncated, final_obs, episodes)
 
     def close(self) -> None:

@@ -77,7 +77,7 @@ def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Spa
     return Agent(
         policy=policy,
         value=value,
-        value_fitter=ValueFitter(value, net.activation, lr=cfg.trpo.value_lr),
+        value_fitter=ValueFitter(value, net.activation, lr=cfg.trpo.value_lr, eps=cfg.trpo.value_adam_eps),
         obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
         reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
     )
