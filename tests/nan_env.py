@@ -2,6 +2,7 @@
 
     NaNReward-v0   a NaN reward on the 50th step of every episode
     InfObs-v0      an infinite observation on the 50th step
+    CrashOdd-v0    raises RuntimeError on the 5th step when reset with an odd seed
 """
 import gymnasium as gym
 import numpy as np
@@ -33,6 +34,18 @@ class InfObs(_Faulty):
     nan_reward = False
 
 
-for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs)):
+class CrashOdd(_Faulty):
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.crashes = seed % 2 == 1
+        return super().reset(seed=seed)
+
+    def step(self, action):
+        if self.crashes and self.t == 4:
+            raise RuntimeError("crash on step 5 of the env seeded odd")
+        return super().step(action)
+
+
+for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs), ("CrashOdd-v0", CrashOdd)):
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls)

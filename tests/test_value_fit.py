@@ -47,3 +47,36 @@ def test_value_fitter_keeps_the_module_and_its_state_dict_working():
     fitter.fit(obs, returns, 1, 4, torch.Generator().manual_seed(1))
     restored_fitter.fit(obs, returns, 1, 4, torch.Generator().manual_seed(1))
     torch.testing.assert_close(restored(obs), net(obs))
+
+
+def test_a_fit_in_the_worker_process_gives_the_in_process_numbers():
+    torch.manual_seed(1)
+    local_net = ValueNet(5, [16, 16], "tanh")
+    remote_net = copy.deepcopy(local_net)
+    local, remote = ValueFitter(local_net, "tanh", lr=3e-3), ValueFitter(remote_net, "tanh", lr=3e-3)
+    remote.use_worker(batch=64, epochs=3)
+    try:
+        for seed in range(3):  # several fits: Adam's state carries over between them
+            obs, returns = torch.randn(64, 5).numpy(), torch.randn(64).numpy()
+            expected = local.fit(obs, returns, 3, 16, torch.Generator().manual_seed(seed))
+            pending = remote.start(obs, returns, 3, 16, torch.Generator().manual_seed(seed))
+            assert pending.finish() == expected
+        for a, b in zip(local_net.parameters(), remote_net.parameters()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert remote.state_dict()["step"] == local.state_dict()["step"] == 3 * 3 * 4
+        torch.testing.assert_close(remote.state_dict()["exp_avg_sq"], local.state_dict()["exp_avg_sq"])
+    finally:
+        remote.close()
+    assert not remote.worker.process.is_alive()
+
+
+def test_a_dead_fit_worker_is_an_error_not_a_hang():
+    fitter = ValueFitter(ValueNet(3, [4], "tanh"), "tanh", lr=1e-3)
+    fitter.use_worker(batch=8, epochs=1)
+    try:
+        fitter.worker.process.kill()
+        fitter.worker.process.join()
+        with pytest.raises(RuntimeError, match="critic-fit worker process died"):
+            fitter.fit(torch.randn(8, 3).numpy(), torch.randn(8).numpy(), 1, 4, torch.Generator().manual_seed(0))
+    finally:
+        fitter.close()

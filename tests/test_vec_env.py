@@ -1,23 +1,38 @@
-"""The shared-memory worker processes step exactly like the in-process vector env."""
+"""The worker processes step exactly like the in-process vector env, and fail loudly."""
+import os
+import signal
+
 import numpy as np
 import pytest
 
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import SubprocVecEnv, SyncVecEnv
+from trpo_lab.envs import EnvError, SubprocVecEnv, SyncVecEnv, _worker_groups
 
 
-@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_subproc_vec_env_steps_like_sync(env_id):
+def test_worker_groups_give_the_parent_the_first_share():
+    assert _worker_groups(2, None if (os.cpu_count() or 1) >= 2 else 1) == [[0], [1]]
+    assert _worker_groups(5, 1) == [[0, 1, 2], [3, 4]]
+    assert _worker_groups(3, 8) == [[0], [1], [2]]  # no more workers than environments to share
+    assert _worker_groups(1, None) == [[], [0]]
+
+
+@pytest.mark.parametrize("env_id,n_envs,n_workers", [
+    ("CartPole-v1", 2, None), ("Pendulum-v1", 2, None), ("CartPole-v1", 3, 1), ("Pendulum-v1", 3, 2),
+    ("CartPole-v1", 1, None),
+])
+def test_subproc_vec_env_steps_like_sync(env_id, n_envs, n_workers):
     cfg = EnvConfig(id=env_id, max_episode_steps=30)  # short episodes: resets and truncations happen
-    sync, subproc = SyncVecEnv(cfg, 2, seed=3), SubprocVecEnv(cfg, 2, seed=3)
+    sync, subproc = SyncVecEnv(cfg, n_envs, seed=3), SubprocVecEnv(cfg, n_envs, seed=3, n_workers=n_workers)
     try:
         np.testing.assert_array_equal(sync.reset(), subproc.reset())
         rng = np.random.default_rng(0)
-        for _ in range(100):
+        for t in range(100):
             if env_id == "CartPole-v1":
-                actions = rng.integers(0, 2, size=2)
+                actions = rng.integers(0, 2, size=n_envs)
             else:
-                actions = rng.uniform(-2, 2, size=(2, 1))
+                actions = rng.uniform(-2, 2, size=(n_envs, 1))
+            if t == 50:  # the exact-resume path: states out of one and into the other mid-episode
+                subproc.set_state(sync.get_state())
             a, b = sync.step(actions), subproc.step(actions)
             for field in ("obs", "rewards", "terminated", "truncated"):
                 np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
@@ -28,6 +43,30 @@ def test_subproc_vec_env_steps_like_sync(env_id):
     finally:
         sync.close()
         subproc.close()
+
+
+def test_an_error_in_a_worker_names_its_environments_and_the_error():
+    venv = SubprocVecEnv(EnvConfig(id="nan_env:CrashOdd-v0"), 2, seed=0, n_workers=1)  # env 1: seed 1, in the worker
+    try:
+        venv.reset()
+        with pytest.raises(EnvError, match=r"environments 1 failed in their worker: RuntimeError: crash on step 5"):
+            for _ in range(10):
+                venv.step(np.zeros(2, dtype=np.int64))
+    finally:
+        venv.close()
+    assert not any(p.is_alive() for p in venv.processes)
+
+
+def test_a_killed_worker_is_reported_not_waited_for():
+    venv = SubprocVecEnv(EnvConfig(id="CartPole-v1"), 2, seed=0, n_workers=1)
+    try:
+        venv.reset()
+        os.kill(venv.processes[0].pid, signal.SIGKILL)
+        venv.processes[0].join()
+        with pytest.raises(EnvError, match=r"worker process of environments 1 died \(exit code -9\)"):
+            venv.step(np.zeros(2, dtype=np.int64))
+    finally:
+        venv.close()
 
 
 def test_training_with_workers_gives_the_same_numbers(tmp_path):

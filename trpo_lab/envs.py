@@ -7,7 +7,7 @@ so the trainer can bootstrap episodes cut by a time limit with V(s_final).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from trpo_lab import workers
 from trpo_lab.config import EnvConfig
 
 
@@ -74,15 +75,6 @@ class _EpisodeTracker:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.returns, self.lengths = np.array(state["returns"]), np.array(state["lengths"])
-
-
-def _step_one(env: gym.Env, action) -> tuple[np.ndarray, float, bool, bool, np.ndarray | None]:
-    obs, reward, terminated, truncated, _ = env.step(action)
-    final = None
-    if terminated or truncated:
-        final = obs
-        obs, _ = env.reset()
-    return obs, reward, terminated, truncated, final
 
 
 _PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic)
@@ -196,6 +188,11 @@ class SyncVecEnv:
 
     def step_wait(self) -> StepResult:
         final_obs: dict[int, np.ndarray] = {}
+        self._step_local(final_obs)
+        return self._result(final_obs)
+
+    def _step_local(self, final_obs: dict[int, np.ndarray]) -> None:
+        """Step this process's environments (self.envs, indices 0, 1, ...) into the step arrays."""
         for i, env in enumerate(self.envs):
             obs, self._rewards[i], terminated, truncated, _ = env.step(self._actions[i])
             if terminated or truncated:
@@ -203,7 +200,6 @@ class SyncVecEnv:
                 obs, _ = env.reset()
             self._obs[i] = obs
             self._terminated[i], self._truncated[i] = terminated, truncated
-        return self._result(final_obs)
 
     def _result(self, final_obs: dict[int, np.ndarray]) -> StepResult:
         """The step's StepResult; final_obs has an entry for every environment whose episode ended."""
@@ -215,159 +211,227 @@ class SyncVecEnv:
             env.close()
 
 
-# Worker protocol: the parent writes actions into shared memory and sends one
-# command byte; the worker steps, writes its results into shared memory and
-# answers one byte. No pickling on the per-step path.
-_STEP, _RESET, _CLOSE, _OK, _ERROR = b"s", b"r", b"c", b"k", b"e"
-# Rare commands for exact resume carry a pickled environment state.
-_GET_STATE, _SET_STATE = b"g", b"S"
+# Worker protocol (see trpo_lab/workers.py): the parent writes a command, and
+# for a step the actions, into shared memory and releases the worker's `go`;
+# the worker carries it out, writes its results and status into shared memory
+# and releases `done`. Nothing is pickled and no system call is made per step.
+# The pipe carries environment states for exact resume, and error messages.
+_STEP, _RESET, _GET_STATE, _SET_STATE, _CLOSE = range(5)
+_OK, _FAILED = 0, 1
 
 
 class _SharedArrays:
-    """The per-step arrays of N environments, in memory shared with the workers (float64).
+    """What the parent and the workers exchange, in shared memory.
 
-    actions [N, act_dim] (a Discrete action is stored as a float), obs and
-    final_obs [N, obs_dim], scalars [N, 3] = (reward, terminated, truncated).
+    Per environment (float64): actions [N, act_dim] (a Discrete action is
+    stored as a float), obs and final_obs [N, obs_dim], scalars [N, 3] =
+    (reward, terminated, truncated). Per worker (int64): control [W, 3] =
+    (command, status, argument).
     """
 
-    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int):
-        self.raw = {name: ctx.RawArray("d", n * width) for name, width in
-                    (("actions", act_dim), ("obs", obs_dim), ("final_obs", obs_dim), ("scalars", 3))}
-        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim), "scalars": (n, 3)}
+    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int, n_workers: int):
+        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim),
+                       "scalars": (n, 3), "control": (n_workers, 3)}
+        self.raw = {name: ctx.RawArray("d" if name != "control" else "q", int(np.prod(shape)))
+                    for name, shape in self.shapes.items()}
 
     def views(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(raw, dtype=np.float64).reshape(self.shapes[name])
-                for name, raw in self.raw.items()}
+        return {name: np.frombuffer(raw, dtype=np.int64 if name == "control" else np.float64
+                                    ).reshape(self.shapes[name]) for name, raw in self.raw.items()}
 
 
-def _worker(remote, parent_remote, cfg: EnvConfig, shared: _SharedArrays, i: int) -> None:
+def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, go, done,
+            remote, parent_remote, parent_pid: int) -> None:
+    """Worker w: steps the environments env_ids on command (see the protocol above)."""
     parent_remote.close()
-    env = make_env(cfg)
-    discrete = isinstance(env.action_space, gym.spaces.Discrete)
     arrays = shared.views()
-    action, obs_out, final_out, scalars = (arrays[k][i] for k in ("actions", "obs", "final_obs", "scalars"))
+    actions, obs_out, final_out, scalars = (arrays[k] for k in ("actions", "obs", "final_obs", "scalars"))
+    control = arrays["control"][w]
+    envs: list[gym.Env] = []
     try:
+        envs = [make_env(cfg) for _ in env_ids]
+        discrete = isinstance(envs[0].action_space, gym.spaces.Discrete)
         while True:
-            cmd = remote.recv_bytes()
+            workers.wait(go, alive=workers.parent_alive(parent_pid))  # EOFError when the parent is gone
+            command = int(control[0])
             try:
-                if cmd == _STEP:
-                    obs, reward, terminated, truncated, final = _step_one(
-                        env, int(action[0]) if discrete else action.copy())
-                    scalars[:] = (reward, terminated, truncated)
-                    if final is not None:
-                        final_out[:] = final
-                    obs_out[:] = obs
-                elif cmd.startswith(_RESET):
-                    seed = int(cmd[len(_RESET):])
-                    env.action_space.seed(seed)
-                    obs_out[:] = env.reset(seed=seed)[0]
-                elif cmd == _GET_STATE:
-                    remote.send_bytes(pickle.dumps(get_env_state(env)))
-                elif cmd.startswith(_SET_STATE):
-                    set_env_state(env, pickle.loads(cmd[len(_SET_STATE):]))
-                elif cmd == _CLOSE:
+                if command == _STEP:
+                    for j, env in zip(env_ids, envs):
+                        obs, reward, terminated, truncated, _ = env.step(
+                            int(actions[j, 0]) if discrete else actions[j].copy())
+                        if terminated or truncated:
+                            final_out[j] = obs
+                            obs, _ = env.reset()
+                        obs_out[j] = obs
+                        scalars[j] = (reward, terminated, truncated)
+                elif command == _RESET:
+                    for j, env in zip(env_ids, envs):
+                        env.action_space.seed(int(control[2]) + j)
+                        obs_out[j] = env.reset(seed=int(control[2]) + j)[0]
+                elif command == _GET_STATE:
+                    remote.send_bytes(pickle.dumps([get_env_state(env) for env in envs]))
+                elif command == _SET_STATE:
+                    for env, state in zip(envs, pickle.loads(remote.recv_bytes()), strict=True):
+                        set_env_state(env, state)
+                elif command == _CLOSE:
+                    control[1] = _OK
+                    done.release()
                     break
-                remote.send_bytes(_OK)
+                control[1] = _OK
             except Exception as err:  # reported to the parent, which raises it
-                remote.send_bytes(_ERROR + f"{type(err).__name__}: {err}".encode())
+                control[1] = _FAILED
+                remote.send_bytes(f"{type(err).__name__}: {err}"[:4000].encode())
+            done.release()
     except (KeyboardInterrupt, EOFError):
         pass
     finally:
-        env.close()
+        for env in envs:
+            env.close()
         remote.close()
 
 
+def _worker_groups(n_envs: int, n_workers: int | None) -> list[list[int]]:
+    """Environment indices per process: [this process's, worker 0's, ...], contiguous.
+
+    By default one worker per core beyond the first, the parent stepping a
+    share itself: on 2 cores, 2 environments are 1 in the parent and 1 in a worker.
+    """
+    if n_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n_workers = max(1, min(n_envs, cores) - 1)
+    if n_envs == 1:
+        return [[], [0]]
+    n_workers = min(n_workers, n_envs - 1)
+    return [list(map(int, group)) for group in np.array_split(np.arange(n_envs), n_workers + 1)]
+
+
 class SubprocVecEnv(SyncVecEnv):
-    """N environments, each stepped in its own worker process, all at once.
+    """N environments stepped in parallel: a share in this process, the rest in worker processes.
 
-    Between `step_async` and `step_wait` the workers step while this process
-    is free: the trainer fits the critic there (`trainer.collect`).
-
-    Actions and results travel through shared memory (`_SharedArrays`); the
-    pipes carry one byte each way per step, as the start and finish signals.
+    `step_async` hands the workers their actions; `step_wait` steps this
+    process's environments, then collects the workers' results. The numbers
+    are those of `SyncVecEnv` with the same seed (tests/test_vec_env.py).
     """
 
-    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
-        probe = make_env(cfg)  # fail here, with a clear message, rather than in a worker
+    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int, n_workers: int | None = None):
+        groups = _worker_groups(n_envs, n_workers)
+        self.envs = [make_env(cfg) for _ in groups[0]]  # fail here, with a clear message, rather than in a worker
+        probe = self.envs[0] if self.envs else make_env(cfg)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
-        self.num_envs = n_envs
-        self.seed = seed
+        if not self.envs:
+            probe.close()
+        self.num_envs, self.seed = n_envs, seed
         self._tracker = _EpisodeTracker(n_envs)
         self._allocate()
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        self._groups = groups
+        self._remote_from = len(groups[0])  # environments [_remote_from, N) live in workers
+        ctx = workers.context()
         act_dim = 1 if isinstance(self.action_space, gym.spaces.Discrete) else int(np.prod(self.action_space.shape))
-        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim)
+        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim, len(groups) - 1)
         self._shared = shared.views()
-        self.remotes, self.processes = [], []
-        for i in range(n_envs):
+        self._control = self._shared["control"]
+        self.remotes, self.processes, self._go, self._done = [], [], [], []
+        for w, env_ids in enumerate(groups[1:]):
             remote, work_remote = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(work_remote, remote, cfg, shared, i), daemon=True)
+            go, done = ctx.Semaphore(0), ctx.Semaphore(0)
+            proc = ctx.Process(target=_worker, daemon=True,
+                               args=(w, env_ids, cfg, shared, go, done, work_remote, remote, os.getpid()))
             proc.start()
             work_remote.close()
             self.remotes.append(remote)
             self.processes.append(proc)
+            self._go.append(go)
+            self._done.append(done)
 
-    def _wait_all(self) -> None:
-        """Wait for every worker's answer to the last command."""
-        for i, remote in enumerate(self.remotes):
+    def _command(self, command: int, argument: int = 0) -> None:
+        self._control[:, 0] = command
+        self._control[:, 2] = argument
+        for go in self._go:
+            go.release()
+
+    def _wait_all(self, received: list[bytes] | None = None) -> None:
+        """Wait for every worker to finish the last command; raise EnvError for any that failed or died.
+
+        `received`: what each worker already sent on its pipe for this command
+        (a failed worker's message is what it sent).
+        """
+        for w, (done, proc) in enumerate(zip(self._done, self.processes)):
             try:
-                answer = remote.recv_bytes()
-            except (EOFError, ConnectionError) as err:
-                raise EnvError(f"the worker of environment {i} died ({type(err).__name__})") from err
-            if answer != _OK:
-                raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
+                workers.wait(done, alive=proc.is_alive)
+            except EOFError as err:
+                raise EnvError(f"the worker process of environments {self._worker_envs(w)} died "
+                               f"(exit code {proc.exitcode})") from err
+        for w, status in enumerate(self._control[:, 1]):
+            if status != _OK:
+                message = received[w] if received is not None else self.remotes[w].recv_bytes()
+                raise EnvError(f"environments {self._worker_envs(w)} failed in their worker: {message.decode()}")
+
+    def _worker_envs(self, w: int) -> str:
+        return ", ".join(map(str, self._groups[w + 1]))
 
     def get_state(self) -> dict[str, Any]:
-        self._send_all([_GET_STATE] * self.num_envs)
-        states = []
-        for i, remote in enumerate(self.remotes):
-            answer = remote.recv_bytes()
-            if answer.startswith(_ERROR):
-                raise EnvError(f"environment {i} failed in its worker: {answer[len(_ERROR):].decode()}")
-            states.append(pickle.loads(answer))
-        self._wait_all()
+        self._command(_GET_STATE)
+        try:
+            payloads = [remote.recv_bytes() for remote in self.remotes]
+        except (EOFError, ConnectionError):
+            payloads = None  # a worker died: _wait_all says which
+        self._wait_all(payloads)
+        states = [get_env_state(env) for env in self.envs]
+        states += [s for payload in payloads for s in pickle.loads(payload)]
         return {"envs": states, "tracker": self._tracker.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._send_all([_SET_STATE + pickle.dumps(env_state) for env_state in state["envs"]])
+        if len(state["envs"]) != self.num_envs:
+            raise ValueError(f"the state holds {len(state['envs'])} environments, this vector env {self.num_envs}")
+        for env, env_state in zip(self.envs, state["envs"]):
+            set_env_state(env, env_state)
+        self._command(_SET_STATE)  # first: a worker reads its payload only once it is released
+        for pipe, env_ids in zip(self.remotes, self._groups[1:]):
+            pipe.send_bytes(pickle.dumps([state["envs"][i] for i in env_ids]))
         self._wait_all()
         self._tracker.load_state_dict(state["tracker"])
 
     def reset(self) -> np.ndarray:
-        self._send_all([_RESET + str(self.seed + i).encode() for i in range(self.num_envs)])
+        self._command(_RESET, self.seed)
+        for i, env in enumerate(self.envs):
+            env.action_space.seed(self.seed + i)
+            self._obs[i] = env.reset(seed=self.seed + i)[0]
         self._wait_all()
-        return self._shared["obs"].reshape(self._obs.shape).copy()
-
-    def _send_all(self, commands: list[bytes]) -> None:
-        for remote, cmd in zip(self.remotes, commands):
-            remote.send_bytes(cmd)
+        k = self._remote_from
+        self._obs[k:] = self._shared["obs"][k:].reshape(self._obs[k:].shape)
+        return self._obs.copy()
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._shared["actions"][:] = np.reshape(actions, (self.num_envs, -1))
-        self._send_all([_STEP] * self.num_envs)
+        self._actions = actions
+        k = self._remote_from
+        self._shared["actions"][k:] = np.reshape(actions[k:], (self.num_envs - k, -1))
+        self._command(_STEP)
 
     def step_wait(self) -> StepResult:
+        final_obs: dict[int, np.ndarray] = {}
+        self._step_local(final_obs)
         self._wait_all()
-        self._obs[:] = self._shared["obs"].reshape(self._obs.shape)
-        scalars = self._shared["scalars"]
-        self._rewards[:] = scalars[:, 0]
-        self._terminated[:] = scalars[:, 1] != 0
-        self._truncated[:] = scalars[:, 2] != 0
-        final_obs = {int(i): self._shared["final_obs"][i].reshape(self.observation_space.shape).copy()
-                     for i in np.flatnonzero(self._terminated | self._truncated)}
+        k, shared = self._remote_from, self._shared
+        self._obs[k:] = shared["obs"][k:].reshape(self._obs[k:].shape)
+        scalars = shared["scalars"][k:]
+        self._rewards[k:] = scalars[:, 0]
+        np.not_equal(scalars[:, 1], 0, out=self._terminated[k:])
+        np.not_equal(scalars[:, 2], 0, out=self._truncated[k:])
+        for i in range(k, self.num_envs):
+            if self._terminated[i] or self._truncated[i]:
+                final_obs[i] = shared["final_obs"][i].reshape(self.observation_space.shape).copy()
         return self._result(final_obs)
 
     def close(self) -> None:
-        for remote in self.remotes:
-            try:
-                remote.send_bytes(_CLOSE)
-            except (BrokenPipeError, OSError):
-                pass
+        try:
+            self._command(_CLOSE)
+        except (ValueError, OSError):
+            pass
         for proc in self.processes:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
+        super().close()
 
 
 def make_vec_env(cfg: EnvConfig, n_envs: int, seed: int, kind: str = "sync") -> SyncVecEnv:

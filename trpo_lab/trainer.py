@@ -111,14 +111,11 @@ class Rollout:
 
 
 def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, rollout: Rollout,
-            rng: np.random.Generator, episodes: deque,
-            while_stepping: Optional[Callable[[], None]] = None) -> np.ndarray:
+            rng: np.random.Generator, episodes: deque) -> np.ndarray:
     """Fill `rollout` by acting with `actor`; returns the observation to continue from.
 
-    `while_stepping` is called once per step while the environments step
-    (with worker processes, this process is otherwise idle then). The per-step
-    path writes into preallocated arrays; what can wait for the whole rollout
-    (the finiteness checks, reward scaling) does.
+    The per-step path writes into preallocated arrays; what can wait for the
+    whole rollout (the finiteness checks, reward scaling) does.
     """
     box = isinstance(venv.action_space, gym.spaces.Box)
     rollout.truncations = []
@@ -140,8 +137,6 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
             venv.step_async(np.maximum(clipped, low, out=clipped))
         else:
             venv.step_async(actions)
-        if while_stepping is not None:
-            while_stepping()
         step = venv.step_wait()
         rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
         rollout.terminated[t] = step.terminated
@@ -247,6 +242,8 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     venv = make_vec_env(cfg.env, tc.n_envs, tc.seed, tc.vec_env)
     agent = build_agent(cfg, venv.observation_space, venv.action_space)
     T, N = steps_per_env(tc), tc.n_envs
+    if tc.vec_env == "subproc":  # the critic fit runs beside the policy update
+        agent.value_fitter.use_worker(T * N, pc.value_epochs)
     rollout = Rollout.allocate(T, N, agent.policy.net[0].in_features, venv.action_space)
     episodes: deque = deque(maxlen=100)
 
@@ -266,12 +263,6 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     status, error = "failed", None
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
-    # With worker processes, an iteration that neither evaluates nor checkpoints
-    # leaves its critic fit to run while the workers step through the next
-    # collection (the collection does not use the critic), and its metrics row
-    # is logged when that fit is done. The same computation, in a different order.
-    overlap_critic_fit = tc.vec_env == "subproc"
-    deferred: Optional[tuple[dict[str, Any], PendingFit]] = None  # (row, critic fit) of the last iteration
     try:
         if checkpoint is None:
             obs = venv.reset()
@@ -281,20 +272,19 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
         for iteration in range(first_iteration, num_iterations(tc) + 1):
             t0 = time.perf_counter()
             actor = agent.policy.numpy_actor()
-            obs = collect(venv, agent, actor, obs, rollout, rng, episodes,
-                          while_stepping=deferred[1].step if deferred else None)
-            if deferred is not None:
-                row, fit = deferred
-                row[M.VALUE_LOSS] = _finish_value_fit(fit, pc.value_epochs)
-                logger.log(row)
-                deferred = None
+            obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
             env_steps += T * N
 
             adv, returns, values = advantages_and_returns(rollout, agent.value, pc.gamma, pc.gae_lambda)
             flat_adv = adv.reshape(-1)
             if pc.normalize_advantages:
                 flat_adv = (flat_adv - flat_adv.mean()) / (flat_adv.std() + 1e-8)
-            obs_t = torch.from_numpy(rollout.obs.reshape(T * N, -1))
+            flat_obs = rollout.obs.reshape(T * N, -1)
+            # The critic fit (DESIGN.md step 4) never reads the policy: started here, it
+            # runs when its result is asked for, or beside the policy update (see ValueFitter.start).
+            fit = agent.value_fitter.start(flat_obs, returns.reshape(-1), pc.value_epochs, pc.value_minibatch,
+                                           generator)
+            obs_t = torch.from_numpy(flat_obs)
             actions_t = torch.from_numpy(rollout.actions.reshape(T * N, *rollout.actions.shape[2:]))
             stats: UpdateStats = trpo_update(
                 agent.policy, obs_t, actions_t,
@@ -305,11 +295,7 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
             last = iteration == num_iterations(tc)
             evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
             checkpoints = iteration % tc.checkpoint_every == 0 or last
-            defer = overlap_critic_fit and not (last or evaluates or checkpoints)
-            flat_obs = rollout.obs.reshape(T * N, -1)
-            fit = agent.value_fitter.start(flat_obs.copy() if defer else flat_obs,  # the rollout is refilled meanwhile
-                                           returns.reshape(-1), pc.value_epochs, pc.value_minibatch, generator)
-            value_loss = float("nan") if defer else _finish_value_fit(fit, pc.value_epochs)
+            value_loss = _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
                 raise DivergedError("policy parameters became non-finite")
             iter_time = time.perf_counter() - t0
@@ -335,9 +321,6 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
                 M.EXPLAINED_VARIANCE: explained_variance(values.reshape(-1), returns.reshape(-1)),
                 M.STEPS_PER_S: T * N / iter_time,
             }
-            if defer:
-                deferred = (row, fit)
-                continue
             prune = False
             if evaluates:
                 eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
@@ -370,6 +353,7 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
         raise
     finally:
         venv.close()
+        agent.value_fitter.close()
         ep_returns = [r for r, _ in episodes]
         summary = {
             "env_id": cfg.env.id,
