@@ -3,7 +3,10 @@
     NaNReward-v0   a NaN reward on the 50th step of every episode
     InfObs-v0      an infinite observation on the 50th step
     CrashOdd-v0    raises RuntimeError on the 5th step when reset with an odd seed
+    CrashOnBuild-v0  CrashOnBuild-v0(build_pid=P) builds in process P only
 """
+import os
+
 import gymnasium as gym
 import numpy as np
 
@@ -46,6 +49,13 @@ class CrashOdd(_Faulty):
         return super().step(action)
 
 
-for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs), ("CrashOdd-v0", CrashOdd)):
+class CrashOnBuild(_Faulty):
+    def __init__(self, build_pid: int):
+        if os.getpid() != build_pid:
+            raise RuntimeError(f"CrashOnBuild: built in process {os.getpid()}, not {build_pid}")
+
+
+for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs), ("CrashOdd-v0", CrashOdd),
+                  ("CrashOnBuild-v0", CrashOnBuild)):
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls)

@@ -89,3 +89,9 @@ def test_training_with_workers_gives_the_same_numbers(tmp_path):
         rows[kind].append(summary["eval_return"])
     assert [r["iteration"] for r in rows["subproc"][:-1]] == list(range(1, 8))
     assert rows["sync"] == rows["subproc"]
+
+
+def test_an_environment_that_cannot_be_built_in_a_worker_fails_the_construction():
+    with pytest.raises(EnvError, match=r"environments 1 failed in their worker: .*CrashOnBuild"):
+        SubprocVecEnv(EnvConfig(id="nan_env:CrashOnBuild-v0", kwargs={"build_pid": os.getpid()}), 2, seed=0,
+                      n_workers=1)

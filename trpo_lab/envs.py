@@ -249,10 +249,19 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
     control = arrays["control"][w]
     envs: list[gym.Env] = []
     try:
-        envs = [make_env(cfg) for _ in env_ids]
+        try:
+            envs = [make_env(cfg) for _ in env_ids]
+            control[1] = _OK
+        except Exception as err:
+            control[1] = _FAILED
+            remote.send_bytes(f"{type(err).__name__}: {err}"[:4000].encode())
+            return
+        finally:
+            done.release()  # ready (or failed): the parent waits for this before its first command
         discrete = isinstance(envs[0].action_space, gym.spaces.Discrete)
+        wait_go = workers.Waiter(go, alive=workers.parent_alive(parent_pid))
         while True:
-            workers.wait(go, alive=workers.parent_alive(parent_pid))  # EOFError when the parent is gone
+            wait_go.wait()  # EOFError when the parent is gone
             command = int(control[0])
             try:
                 if command == _STEP:
@@ -341,7 +350,12 @@ class SubprocVecEnv(SyncVecEnv):
             self.remotes.append(remote)
             self.processes.append(proc)
             self._go.append(go)
-            self._done.append(done)
+            self._done.append(workers.Waiter(done, alive=proc.is_alive))
+        try:
+            self._wait_all()  # the workers' environments are built: construction is not stepping time
+        except EnvError:
+            self.close()
+            raise
 
     def _command(self, command: int, argument: int = 0) -> None:
         self._control[:, 0] = command
@@ -357,7 +371,7 @@ class SubprocVecEnv(SyncVecEnv):
         """
         for w, (done, proc) in enumerate(zip(self._done, self.processes)):
             try:
-                workers.wait(done, alive=proc.is_alive)
+                done.wait()
             except EOFError as err:
                 raise EnvError(f"the worker process of environments {self._worker_envs(w)} died "
                                f"(exit code {proc.exitcode})") from err

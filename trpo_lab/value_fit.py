@@ -293,15 +293,24 @@ class FitWorker:
             arrays[name][:] = getattr(core, name)
         fitter._bind(arrays["theta"], arrays["m"], arrays["v"], core.lr, core.betas, core.eps)
         self._arrays, self.batch, self.epochs = arrays, batch, epochs
-        self._go, self._done = ctx.Semaphore(0), ctx.Semaphore(0)
+        self._go, done = ctx.Semaphore(0), ctx.Semaphore(0)
         receive, self._errors = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_fit_worker, daemon=True,
             args=(self._raw, str(dtype), batch, obs_dim, epochs, fitter.shapes, fitter.activation_name,
-                  (core.lr, core.betas, core.eps), self._go, self._done, self._errors, os.getpid()))
+                  (core.lr, core.betas, core.eps), self._go, done, self._errors, os.getpid()))
         self.process.start()
         self._errors.close()
         self._receive = receive
+        self._done = workers.Waiter(done, alive=self.process.is_alive)
+        self._ready()
+
+    def _ready(self) -> None:
+        """Wait for the worker's signal: started (its start-up is not fitting time), or a fit done."""
+        try:
+            self._done.wait()
+        except EOFError as err:
+            raise RuntimeError(f"the critic-fit worker process died (exit code {self.process.exitcode})") from err
 
     def start(self, obs: np.ndarray, returns: np.ndarray, orders: list[np.ndarray], minibatch: int,
               adam_step: int) -> None:
@@ -319,10 +328,7 @@ class FitWorker:
 
     def finish(self, core: MLPRegression) -> float:
         """Wait for the fit; update core's Adam step count; the mean minibatch loss."""
-        try:
-            workers.wait(self._done, alive=self.process.is_alive)
-        except EOFError as err:
-            raise RuntimeError(f"the critic-fit worker process died (exit code {self.process.exitcode})") from err
+        self._ready()
         control = self._arrays["control"]
         if control[1] != _OK:
             raise RuntimeError(f"the critic fit failed in its worker: {self._receive.recv_bytes().decode()}")
@@ -351,9 +357,11 @@ def _fit_worker(raw: dict, dtype: str, batch: int, obs_dim: int, epochs: int, sh
     a = _fit_arrays(raw, np.dtype(dtype), batch, obs_dim, epochs)
     core = MLPRegression(shapes, activation, a["theta"], a["m"], a["v"], *adam)
     control = a["control"]
+    wait_go = workers.Waiter(go, alive=workers.parent_alive(parent_pid))
+    done.release()  # started
     try:
         while True:
-            workers.wait(go, alive=workers.parent_alive(parent_pid))
+            wait_go.wait()
             if control[0] == _CLOSE:
                 break
             try:

@@ -4,7 +4,7 @@ trpo_lab's worker processes (environment workers, `envs.SubprocVecEnv`; the
 critic-fit worker, `value_fit.FitWorker`) exchange arrays through shared memory
 and hand work back and forth with two semaphores per worker: the parent
 releases `go` once the inputs are written, the worker releases `done` once
-the outputs are. Both sides wait by polling their semaphore for up to SPIN_S
+the outputs are. Both sides wait by polling their semaphore for a while (`Waiter`)
 before blocking on it, because waking a process blocked in the kernel costs
 tens of microseconds on a VM, a large part of a 150 us MuJoCo step. Polling
 a semaphore needs no system call, and semaphore operations are memory
@@ -26,21 +26,38 @@ def context():
     return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
 
 
-def wait(sem, alive: Callable[[], bool] | None = None, spin_s: float = SPIN_S) -> None:
-    """Acquire `sem`: poll for up to spin_s, then block, checking `alive()` every second.
+class Waiter:
+    """Acquires one semaphore: polls it for up to `spin_s`, then blocks on it.
 
-    Raises EOFError when `alive()` says the process that should release it is gone.
+    The polling time adapts: it doubles (up to SPIN_S) after a wait that
+    polling ended, and halves (down to MIN_SPIN_S) after one that had to
+    block. A peer that answers within microseconds, as the other side of a
+    step does when both have a core, is caught by polling; on an oversubscribed
+    machine, where the peer may not run for a scheduler slice, the waits block
+    almost at once instead of burning the core the peer is waiting for.
+    `alive()` is checked every second of blocking; EOFError when it says the
+    process that should release the semaphore is gone.
     """
-    if sem.acquire(False):
-        return
-    deadline = time.perf_counter() + spin_s
-    while time.perf_counter() < deadline:
+
+    MIN_SPIN_S = 20e-6
+
+    def __init__(self, sem, alive: Callable[[], bool] | None = None):
+        self.sem, self.alive, self.spin_s = sem, alive, SPIN_S
+
+    def wait(self) -> None:
+        sem = self.sem
         if sem.acquire(False):
             return
-        os.sched_yield()  # let a process that shares this core run
-    while not sem.acquire(timeout=1.0):
-        if alive is not None and not alive():
-            raise EOFError("the process that should release the semaphore is gone")
+        deadline = time.perf_counter() + self.spin_s
+        while time.perf_counter() < deadline:
+            os.sched_yield()  # let a process that shares this core run
+            if sem.acquire(False):
+                self.spin_s = min(SPIN_S, 2.0 * self.spin_s)
+                return
+        self.spin_s = max(self.MIN_SPIN_S, 0.5 * self.spin_s)
+        while not sem.acquire(timeout=1.0):
+            if self.alive is not None and not self.alive():
+                raise EOFError("the process that should release the semaphore is gone")
 
 
 def pid_alive(pid: int) -> bool:
