@@ -9,15 +9,14 @@ derivative at its pre-activation. Then
 
 for J = d output / d theta, with theta the layers' (weight, bias) pairs in
 `net.parameters()` order. A product costs two matrix products per layer and
-no graph. The Fisher-vector product J^T M J v (conjugate gradient calls it 25
-times on the same batch) and the critic's 320 small regression steps per
-iteration spend most of their time in framework overhead when they go through
-autograd or torch.func on one CPU thread; here they do not. Both are checked
-against autograd in tests/test_math.py and tests/test_value_fit.py.
+no graph. The Fisher-vector product J^T M J v, which conjugate gradient calls
+25 times on the same batch, is built from them (`Policy.fisher_product`);
+through autograd or torch.func each call would rebuild a graph or repeat the
+forward pass. Checked against autograd in tests/test_math.py.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -61,32 +60,40 @@ class Linearisation:
             else:
                 h = z
         self.output = h
+        # Work arrays of jvp and vjp, allocated once: at a batch of 2048 a fresh
+        # [B, 64] result costs page faults that a product of 25 calls would repeat.
+        batch = x.shape[0]
+        self._dz = [torch.empty(batch, layer.out_features, dtype=x.dtype) for layer in self.layers]
+        self._hidden = [torch.empty(batch, layer.in_features, dtype=x.dtype) for layer in self.layers[1:]]
+        self._grads = [torch.empty_like(p) for layer in self.layers for p in (layer.weight, layer.bias)]
 
     @torch.no_grad()
     def jvp(self, tangents: Sequence[torch.Tensor]) -> torch.Tensor:
-        """J dtheta, [B, out]: the first-order change of `output` when theta moves by `tangents`."""
+        """J dtheta, [B, out]: the first-order change of `output` when theta moves by `tangents`.
+
+        The result is a work array of this object, overwritten by the next call.
+        """
         dz = None
         for i, layer in enumerate(self.layers):
             d_weight, d_bias = tangents[2 * i], tangents[2 * i + 1]
             # z = h W^T + b  =>  dz = h dW^T + db + dh W^T, with dh = slope * dz of the layer below.
-            new = torch.addmm(d_bias, self.inputs[i], d_weight.t())
+            new = torch.addmm(d_bias, self.inputs[i], d_weight.t(), out=self._dz[i])
             if dz is not None:
-                new.addmm_(dz * self.slopes[i - 1], layer.weight.t())
+                new.addmm_(torch.mul(dz, self.slopes[i - 1], out=self._hidden[i - 1]), layer.weight.t())
             dz = new
         return dz
 
     @torch.no_grad()
-    def vjp(self, u: torch.Tensor, out: Optional[Sequence[torch.Tensor]] = None) -> list[torch.Tensor]:
+    def vjp(self, u: torch.Tensor) -> list[torch.Tensor]:
         """J^T u for u [B, out]: back-propagation of u to every (weight, bias).
 
-        Writes into `out` (tensors shaped like the parameters) when given.
+        The results are work arrays of this object, overwritten by the next call.
         """
-        grads = list(out) if out is not None else [torch.empty_like(p) for l in self.layers
-                                                   for p in (l.weight, l.bias)]
+        grads = self._grads
         delta = u
         for i in range(len(self.layers) - 1, -1, -1):
             torch.mm(delta.t(), self.inputs[i], out=grads[2 * i])
             torch.sum(delta, 0, out=grads[2 * i + 1])
             if i > 0:
-                delta = (delta @ self.layers[i].weight) * self.slopes[i - 1]
+                delta = torch.mm(delta, self.layers[i].weight, out=self._hidden[i - 1]).mul_(self.slopes[i - 1])
         return grads

@@ -126,8 +126,10 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
         low, high = venv.action_space.low, venv.action_space.high
         clipped = np.empty(rollout.actions.shape[1:])
     norm = agent.obs_norm.rollout()
+    obs_n = np.empty(rollout.obs.shape[1:])  # float64, as the actor computes; stored as float32
     for t in range(rollout.obs.shape[0]):
-        obs_n = norm.step(obs, out=rollout.obs[t])
+        norm.step(obs, obs_n)
+        rollout.obs[t] = obs_n
         actions, step_logp = actor.sample(obs_n, noise[t])
         if step_logp is not None:
             rollout.behaviour_logp[t] = step_logp
@@ -140,7 +142,7 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
         step = venv.step_wait()
         rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
         rollout.terminated[t] = step.terminated
-        np.logical_or(step.terminated, step.truncated, out=rollout.episode_ends[t])
+        np.logical_or(step.terminated, step.truncated, rollout.episode_ends[t])
         for i, final in step.final_obs.items():
             if step.truncated[i] and not step.terminated[i]:
                 rollout.truncations.append((t, i, norm.normalise(final[None])[0]))
