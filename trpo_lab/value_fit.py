@@ -32,9 +32,9 @@ from trpo_lab.policies import ValueNet
 
 
 def _tanh(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
-    np.tanh(z, out=out)
-    np.multiply(out, out, out=slope)
-    np.subtract(1.0, slope, out=slope)  # tanh' = 1 - tanh^2
+    np.tanh(z, out)
+    np.multiply(out, out, slope)
+    np.subtract(1.0, slope, slope)  # tanh' = 1 - tanh^2
 
 
 def _relu(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
@@ -110,23 +110,24 @@ class MLPRegression:
             ws = self._workspaces[batch] = _Workspace(batch, [w.shape[0] for w in self.weights], self.theta.dtype)
         last = len(self.weights) - 1
         # Forward: z_i = h_{i-1} W_i^T + b_i, h_i = f(z_i), keeping f'(z_i).
+        # (np.dot with out given positionally: the cheapest numpy call for these small products.)
         inputs = [obs]
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = np.matmul(inputs[-1], w.T, out=ws.z[i])
-            z += b
+            z = np.dot(inputs[-1], w.T, ws.z[i])
+            np.add(z, b, z)
             if i < last:
                 self.activation(z, ws.h[i], ws.slope[i])
                 inputs.append(ws.h[i])
         # Backward of the mean squared error: d loss / d output = 2 (f - y) / B.
-        residual = np.subtract(ws.z[last], returns[:, None], out=ws.residual)
+        residual = np.subtract(ws.z[last], returns[:, None], ws.residual)
         loss = float(np.vdot(residual, residual)) / batch
-        delta = np.multiply(residual, 2.0 / batch, out=residual)
+        delta = np.multiply(residual, 2.0 / batch, residual)
         for i in range(last, -1, -1):
-            np.matmul(delta.T, inputs[i], out=self._grads[2 * i])
-            np.add.reduce(delta, 0, out=self._grads[2 * i + 1])
+            np.dot(delta.T, inputs[i], self._grads[2 * i])
+            np.add.reduce(delta, 0, None, self._grads[2 * i + 1])
             if i > 0:
-                delta = np.matmul(delta, self.weights[i], out=ws.delta[i - 1])
-                delta *= ws.slope[i - 1]
+                delta = np.dot(delta, self.weights[i], ws.delta[i - 1])
+                np.multiply(delta, ws.slope[i - 1], delta)
         self.step += 1
         self._adam()
         return loss
@@ -138,19 +139,19 @@ class MLPRegression:
             theta <- theta - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
         """
         (beta1, beta2), t, g, m, v, tmp = self.betas, self.step, self._grad, self.m, self.v, self._scratch
-        np.subtract(g, m, out=tmp)
-        tmp *= 1.0 - beta1
-        m += tmp
-        v *= beta2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1.0 - beta2
-        v += tmp
-        np.sqrt(v, out=tmp)
-        tmp *= 1.0 / (1.0 - beta2**t) ** 0.5
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= -self.lr / (1.0 - beta1**t)
-        self.theta += tmp
+        np.subtract(g, m, tmp)
+        np.multiply(tmp, 1.0 - beta1, tmp)
+        np.add(m, tmp, m)
+        np.multiply(v, beta2, v)
+        np.multiply(g, g, tmp)
+        np.multiply(tmp, 1.0 - beta2, tmp)
+        np.add(v, tmp, v)
+        np.sqrt(v, tmp)
+        np.multiply(tmp, 1.0 / (1.0 - beta2**t) ** 0.5, tmp)
+        np.add(tmp, self.eps, tmp)
+        np.divide(m, tmp, tmp)
+        np.multiply(tmp, -self.lr / (1.0 - beta1**t), tmp)
+        np.add(self.theta, tmp, self.theta)
 
     def fit(self, obs: np.ndarray, returns: np.ndarray, orders: Iterable[np.ndarray], minibatch: int) -> float:
         """One pass over (obs, returns) per permutation in `orders`, in minibatches of that order.
