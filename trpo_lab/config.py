@@ -69,7 +69,10 @@ class TrainerConfig:
     # Environment steps per TRPO update, summed over the n_envs environments.
     steps_per_iter: int = 2048
     n_envs: int = 2
-    # "sync": all environments in this process; "subproc": one process per worker.
+    # "sync": all environments in this process. "subproc": worker processes, one per
+    # core beyond the first, step a share of the environments in parallel with this
+    # process's share, and the critic fit runs in a worker beside the policy update;
+    # the numbers are the same as sync's.
     vec_env: str = "sync"
     seed: int = 0
     # Evaluate every this many iterations (0: only at the end of the run).

@@ -260,7 +260,7 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
             control[1] = _OK
         except Exception as err:
             control[1] = _FAILED
-            remote.send_bytes(f"{type(err).__name__}: {err}"[:4000].encode())
+            remote.send_bytes(workers.describe(err))
             return
         finally:
             done.release()  # ready (or failed): the parent waits for this before its first command
@@ -295,7 +295,7 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
                 control[1] = _OK
             except Exception as err:  # reported to the parent, which raises it
                 control[1] = _FAILED
-                remote.send_bytes(f"{type(err).__name__}: {err}"[:4000].encode())
+                remote.send_bytes(workers.describe(err))
             done.release()
     except (KeyboardInterrupt, EOFError):
         pass

@@ -371,7 +371,7 @@ def _fit_worker(raw: dict, dtype: str, batch: int, obs_dim: int, epochs: int, sh
                 control[2], control[1] = core.step, _OK
             except Exception as err:  # reported to the parent, which raises it
                 control[1] = _FAILED
-                errors.send_bytes(f"{type(err).__name__}: {err}"[:4000].encode())
+                errors.send_bytes(workers.describe(err))
             done.release()
     except (KeyboardInterrupt, EOFError):
         pass

@@ -60,6 +60,11 @@ class Waiter:
                 raise EOFError("the process that should release the semaphore is gone")
 
 
+def describe(err: BaseException) -> bytes:
+    """A worker's exception as the message its parent raises (bounded: it travels on a pipe)."""
+    return f"{type(err).__name__}: {err}"[:4000].encode()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
