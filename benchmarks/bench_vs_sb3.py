@@ -11,15 +11,17 @@ inherits another's warm caches. Runs of one seed go one after another in one
 invocation (--jobs 1, the default), so machine load hits all of them alike;
 compare the ratios, not the absolute rates, on a shared machine.
 
-On a shared virtual machine other tenants only ever slow a run down, by up
-to 2x and for tens of seconds at a time (measured: the same subproc run at
-7,394 and then 4,441 steps/s, a minute apart, no code changed). With
---repeats N each run is made N times in alternating order; the ratios and
-the verdicts use each run's best of N, the rate least disturbed by others
-(as `timeit` advises), and the table shows every rate and their mean beside
-it. With --subproc, `raw-parallel` steps the same envs in one process each,
-with nothing to share: what the two cores allow at that moment, the ceiling
-for any multi-process run.
+On a shared virtual machine other tenants slow runs down, by up to 2x and
+for tens of seconds at a time (measured: the same subproc run at 7,394 and
+then 4,441 steps/s, a minute apart, no code changed), and the two-core run
+most. So every ratio is taken within one repeat, between runs made one after
+the other (each repeat runs every kind once, in alternating order), and the
+table and the verdicts give the median of those paired ratios over the
+repeats (and seeds): one disturbed run moves it little, and a slow spell
+that covers a whole repeat cancels in its ratios. The table also shows each
+kind's best and mean rate. With --subproc, `raw-parallel` steps the same
+envs in one process each, with nothing to share: what the two cores allow
+at that moment, the ceiling of any multi-process run.
 
 steps/s is environment steps over the wall time of training, from the first
 reset to the end of the last update, logging included, the final evaluation
@@ -304,16 +306,32 @@ def _rates(results: list[dict]) -> dict[str, list[float]]:
     return rates
 
 
-def best(rates: dict[str, list[float]], kind: str) -> float:
-    """A run's best steps/s over its repeats (nan if it did not run): the least disturbed by others."""
-    return max(rates[kind]) if rates.get(kind) else float("nan")
+def paired_ratios(results: list[dict], kind: str, base: str) -> list[float]:
+    """steps/s of `kind` over `base`'s, per repeat and seed: the n-th run of each kind on
+    a seed belongs to the n-th repeat, so each pair was run close together."""
+    def runs(k: str) -> dict[tuple, float]:
+        seen: dict[int, int] = {}
+        out = {}
+        for r in results:
+            if r["kind"] == k:
+                n = seen[r["seed"]] = seen.get(r["seed"], -1) + 1
+                out[(r["seed"], n)] = r["steps_per_s"]
+        return out
+
+    ours, theirs = runs(kind), runs(base)
+    return [ours[key] / theirs[key] for key in ours if key in theirs]
+
+
+def median_ratio(results: list[dict], kind: str, base: str) -> float:
+    ratios = paired_ratios(results, kind, base)
+    return float(np.median(ratios)) if ratios else float("nan")
 
 
 def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
     by = {k: [r for r in results if r["kind"] == k] for k in kinds}
     rates = _rates(results)
     lines = [f"### {env_id}", "",
-             "| run | steps/s, best | mean (every run) | x sb3-contrib | of raw env.step | x trpo_lab sync "
+             "| run | steps/s: mean (every run) | best | x sb3-contrib | of raw env.step | x trpo_lab sync "
              "| peak RSS MiB | eval return |",
              "|---|---|---|---|---|---|---|---|"]
     for k in kinds:
@@ -323,41 +341,46 @@ def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
         evals = [r["eval_return"] for r in rs if "eval_return" in r]
 
         def ratio(base: str, spec: str) -> str:
-            return "-" if np.isnan(best(rates, base)) else format(best(rates, k) / best(rates, base), spec)
+            value = median_ratio(results, k, base)
+            return "-" if np.isnan(value) else format(value, spec)
 
         lines.append(
-            f"| {k} | {best(rates, k):,.0f} | {_fmt(rates[k])} | {ratio('sb3', '.2f')} | {ratio('raw', '.0%')} | "
+            f"| {k} | {_fmt(rates[k])} | {max(rates[k]):,.0f} | {ratio('sb3', '.2f')} | {ratio('raw', '.0%')} | "
             f"{ratio('trpo_lab', '.2f')} | {max(r['peak_rss_mib'] for r in rs):.0f} | {_fmt(evals, 1)} |")
-    lines += ["", "ratios: of each run's best steps/s over its repeats", "",
-              "targets (ISSUE 4): " + "; ".join(verdicts(by, rates))]
+    lines += ["", "ratios: median over repeats (and seeds) of the ratio within each repeat", "",
+              "targets (ISSUE 4): " + "; ".join(verdicts(results))]
     return "\n".join(lines)
 
 
-def verdicts(by: dict[str, list[dict]], rates: dict[str, list[float]]) -> list[str]:
+def verdicts(results: list[dict]) -> list[str]:
     """Each target the runs at hand can judge: 'met' or 'NOT met', with the number.
 
-    Speed ratios are of best rates (see the module's docstring); the ratio of
-    the mean rates follows in brackets when there were repeats.
+    Speed: the median paired ratio (see the module's docstring), followed,
+    when there are several pairs, by each of them.
     """
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["kind"], []).append(r)
+
     def say(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    def speed(kind: str, base: str) -> tuple[float, str]:
-        ratio = best(rates, kind) / best(rates, base)
-        if len(rates[kind]) == 1 and len(rates[base]) == 1:
-            return ratio, ""
-        return ratio, f", {len(rates[kind])} runs; ratio of means {np.mean(rates[kind]) / np.mean(rates[base]):.2f}"
+    def speed(kind: str, base: str, spec: str) -> tuple[float, str]:
+        ratios = paired_ratios(results, kind, base)
+        median = float(np.median(ratios))
+        more = "" if len(ratios) == 1 else f"; median of {' / '.join(format(r, spec) for r in ratios)}"
+        return median, f"{median:{spec}}{more}"
 
     out = []
-    if rates.get("trpo_lab") and rates.get("sb3"):
-        ratio, more = speed("trpo_lab", "sb3")
-        out.append(f">= 3x sb3-contrib steps/s: {say(ratio >= 3)} ({ratio:.2f}x{more})")
-    if rates.get("trpo_lab") and rates.get("raw"):
-        frac, more = speed("trpo_lab", "raw")
-        out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({frac:.0%}{more})")
-    if rates.get("trpo_lab-subproc") and rates.get("trpo_lab"):
-        ratio, more = speed("trpo_lab-subproc", "trpo_lab")
-        out.append(f"subproc >= 1.5x single process: {say(ratio >= 1.5)} ({ratio:.2f}x{more})")
+    if by.get("trpo_lab") and by.get("sb3"):
+        ratio, text = speed("trpo_lab", "sb3", ".2f")
+        out.append(f">= 3x sb3-contrib steps/s: {say(ratio >= 3)} ({text})")
+    if by.get("trpo_lab") and by.get("raw"):
+        frac, text = speed("trpo_lab", "raw", ".0%")
+        out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({text})")
+    if by.get("trpo_lab-subproc") and by.get("trpo_lab"):
+        ratio, text = speed("trpo_lab-subproc", "trpo_lab", ".2f")
+        out.append(f"subproc >= 1.5x single process: {say(ratio >= 1.5)} ({text})")
     for kind in ("trpo_lab", "trpo_lab-subproc"):
         if by.get(kind):
             peak, steps = max(r["peak_rss_mib"] for r in by[kind]), by[kind][0]["steps"]
@@ -399,7 +422,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time; 1 for speed, 2 for a long learning comparison on 2 cores")
     parser.add_argument("--repeats", type=int, default=1,
-                        help="run everything this many times, in alternating order (ratios: of each run's best)")
+                        help="run everything this many times, in alternating order (ratios: median over the repeats)")
     parser.add_argument("--eval-episodes", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument("--tables-from", type=Path,
