@@ -1,6 +1,8 @@
 """Exact resume: environment state round trips, and a killed run that continues bit for bit."""
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_env, read_jsonl
+from conftest import cli_env, read_jsonl, run_cli
 from trpo_lab.config import EnvConfig
 from trpo_lab.envs import make_vec_env
 
@@ -138,3 +140,53 @@ def test_kill_9_then_same_command_continues_exactly(tmp_path):
     got = read_jsonl(metrics)
     assert len(expected) == 8 and rows_at_kill >= 5
     assert _comparable(got) == _comparable(expected)
+
+
+def test_claim_holds_a_run_dir_for_one_run_at_a_time(tmp_path):
+    from trpo_lab.resume import RunDirInUse, claim
+
+    with claim(tmp_path / "run"):
+        with pytest.raises(RunDirInUse, match=rf"in use by another trpo_lab run \(pid {os.getpid()}\)"):
+            with claim(tmp_path / "run"):
+                pass
+    with claim(tmp_path / "run"):  # released when the first run ended
+        pass
+
+
+def test_the_same_command_while_its_run_is_alive_is_refused_and_touches_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    command = ["env=cartpole", "trainer.total_steps=10000000", "trainer.steps_per_iter=512",
+               "trainer.checkpoint_every=1", "logger=none", f"hydra.run.dir={run_dir}"]
+    first = subprocess.Popen([sys.executable, "-m", "trpo_lab", *command], cwd=tmp_path, env=cli_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None and not (
+                metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.01)
+        assert first.poll() is None, "the first run ended early"
+        second = run_cli(*command, cwd=tmp_path)
+        assert second.returncode == 1
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"in use by another trpo_lab run (pid {first.pid})" in lines[0], second.stderr
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 130
+    finally:
+        if first.poll() is None:
+            first.kill()
+    # The first run's outputs are its own: every iteration once, in order, and its summary.
+    rows = read_jsonl(metrics)
+    assert [r["iteration"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 2
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_auto_resume_of_a_different_config_is_one_line_exit_2(tmp_path, fast_overrides):
+    run_dir = tmp_path / "run"
+    assert run_cli(*fast_overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path).returncode == 0
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    proc = run_cli(*fast_overrides, "trpo.delta=0.05", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "trpo.delta: 0.01 -> 0.05" in lines[0], proc.stderr
+    assert read_jsonl(run_dir / "metrics.jsonl") == rows

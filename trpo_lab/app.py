@@ -85,6 +85,10 @@ def run(dict_cfg: DictConfig) -> float:
     reporter = _trial_reporter(cfg)
     try:
         summary = train(cfg, run_dir, on_eval=reporter.on_eval if reporter else None)
+    except ConfigError as err:  # trainer.resume: no checkpoint there, or one of another config
+        if multirun:
+            raise
+        _fail(f"error: {err}", 2)
     except (EnvError, DivergedError, OSError) as err:
         if multirun:
             raise

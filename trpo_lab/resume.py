@@ -23,15 +23,21 @@ When a run resumes (`trainer.resume`):
     PATH   continue the run in directory PATH, in that directory, with the
            config stored in its checkpoint (this command's other settings are
            ignored, with a warning).
+
+One run at a time writes in a run directory (`claim`): the same command
+started twice with a fixed hydra.run.dir (a job requeued while the first is
+still running) would otherwise interleave two runs' metrics and checkpoints.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +51,41 @@ AUTO, NEVER = "auto", "never"
 # Keys that may differ between the checkpoint's config and the command that resumes it
 # with trainer.resume=auto (extend a run, log it elsewhere).
 MAY_CHANGE = ("trainer.resume", "trainer.total_steps", "trainer.progress", "logger.")
+
+
+LOCK_FILE = ".trpo_lab.lock"
+
+
+class RunDirInUse(OSError):
+    """Another live process is training in the run directory."""
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` (created if need be) for this process while the block runs.
+
+    An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
+    The kernel drops it when its process exits, killed or not, so a dead run
+    never leaves the directory locked. Raises RunDirInUse while another
+    process holds it. (Worker processes start from the forkserver, so none
+    of them inherits the lock.)
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirInUse(f"{run_dir} is in use by another trpo_lab run (pid {owner}); wait for it to end, "
+                          "or give this one another hydra.run.dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | None]:

@@ -231,10 +231,19 @@ def _mean(values) -> float:
 
 
 def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dict[str, Any]:
-    """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary."""
+    """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary.
+
+    Raises resume.RunDirInUse, before touching anything there, when another
+    run is writing in the run directory.
+    """
     validate(cfg)
     cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with resume.claim(run_dir):
+        return _train(cfg, run_dir, checkpoint, on_eval)
+
+
+def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_eval: Optional[EvalHook]
+           ) -> dict[str, Any]:
     tc, pc = cfg.trainer, cfg.trpo
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
