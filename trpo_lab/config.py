@@ -78,7 +78,7 @@ class TrainerConfig:
     # Evaluate every this many iterations (0: only at the end of the run).
     eval_every: int = 25
     eval_episodes: int = 10
-    # torch intra-op threads; 1 is fastest for these small networks.
+    # torch intra-op threads and numpy BLAS threads; 1 is fastest for these small networks.
     threads: int = 1
     # Save a checkpoint every this many iterations (the last one is always saved).
     checkpoint_every: int = 10

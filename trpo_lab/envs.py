@@ -249,6 +249,7 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
             remote, parent_remote, parent_pid: int) -> None:
     """Worker w: steps the environments env_ids on command (see the protocol above)."""
     parent_remote.close()
+    workers.blas_threads(1)
     arrays = shared.views()
     actions, obs_out, final_out = arrays["actions"], arrays["obs"], arrays["final_obs"]
     rewards, terminated_out, truncated_out = arrays["rewards"], arrays["terminated"], arrays["truncated"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trpo_lab import metrics as M
-from trpo_lab import resume
+from trpo_lab import resume, workers
 from trpo_lab.checkpoint import save_checkpoint
 from trpo_lab.config import Config, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
@@ -238,7 +238,7 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     """
     validate(cfg)
     cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
-    with resume.claim(run_dir):
+    with resume.claim(run_dir), workers.blas_threads(cfg.trainer.threads):
         return _train(cfg, run_dir, checkpoint, on_eval)
 
 

@@ -355,6 +355,7 @@ def _fit_arrays(raw: dict, dtype, batch: int, obs_dim: int, epochs: int) -> dict
 
 def _fit_worker(raw: dict, dtype: str, batch: int, obs_dim: int, epochs: int, shapes, activation: str,
                 adam: tuple, go, done, errors, parent_pid: int) -> None:
+    workers.blas_threads(1)
     a = _fit_arrays(raw, np.dtype(dtype), batch, obs_dim, epochs)
     core = MLPRegression(shapes, activation, a["theta"], a["m"], a["v"], *adam)
     control = a["control"]

@@ -18,6 +18,8 @@ import os
 import time
 from typing import Callable
 
+from threadpoolctl import threadpool_limits
+
 SPIN_S = 0.002
 
 
@@ -58,6 +60,14 @@ class Waiter:
         while not sem.acquire(timeout=1.0):
             if self.alive is not None and not self.alive():
                 raise EOFError("the process that should release the semaphore is gone")
+
+
+def blas_threads(n: int):
+    """numpy's BLAS limited to n threads (restored when used as a context manager, and left
+    so otherwise): trpo_lab's products are small, and OpenBLAS's default, a thread per core,
+    keeps its threads spinning for a while after each product, on the cores that the
+    other processes of a run (or the other jobs of a sweep) are stepping environments on."""
+    return threadpool_limits(limits=n, user_api="blas")
 
 
 def describe(err: BaseException) -> bytes:
