@@ -1,8 +1,9 @@
 """trpo_lab against sb3-contrib's TRPO, side by side, at the same settings.
 
     pip install -e '.[bench]'          # sb3-contrib 2.9.2, in its own virtualenv
-    python benchmarks/bench_vs_sb3.py --env Hopper-v5 Walker2d-v5 --steps 61440
-    python benchmarks/bench_vs_sb3.py --env Hopper-v5 --steps 307200 --seeds 0 1 2 --jobs 2
+    python benchmarks/bench_vs_sb3.py --env Hopper-v5 Walker2d-v5 --steps 61440 --subproc --repeats 5
+    python benchmarks/bench_vs_sb3.py --env Hopper-v5 Walker2d-v5 --steps 307200 --seeds 0 1 2 \
+        --only sb3 trpo_lab --jobs 2
 
 Every run (raw env stepping, sb3-contrib, trpo_lab sync, trpo_lab subproc) is
 its own child process of this script, with one torch thread and one BLAS
