@@ -153,6 +153,21 @@ def test_claim_holds_a_run_dir_for_one_run_at_a_time(tmp_path):
         pass
 
 
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from trpo_lab.resume import claim
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level("WARNING", logger="trpo_lab.resume"), claim(tmp_path / "run"):
+        pass
+    assert "cannot lock" in caplog.text and "Function not implemented" in caplog.text
+
+
 def test_the_same_command_while_its_run_is_alive_is_refused_and_touches_nothing(tmp_path):
     run_dir = tmp_path / "run"
     command = ["env=cartpole", "trainer.total_steps=10000000", "trainer.steps_per_iter=512",

@@ -67,7 +67,8 @@ def claim(run_dir: Path) -> Iterator[None]:
     An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
     The kernel drops it when its process exits, killed or not, so a dead run
     never leaves the directory locked. Raises RunDirInUse while another
-    process holds it. (Worker processes start from the forkserver, so none
+    process holds it. On a file system that has no locks the run goes on
+    unguarded, with a warning. (Worker processes start from the forkserver, so none
     of them inherits the lock.)
     """
     run_dir = Path(run_dir)
@@ -80,6 +81,9 @@ def claim(run_dir: Path) -> Iterator[None]:
         os.close(fd)
         raise RunDirInUse(f"{run_dir} is in use by another trpo_lab run (pid {owner}); wait for it to end, "
                           "or give this one another hydra.run.dir") from None
+    except OSError as err:  # a file system without locks (Lustre mounted noflock, some NFS): run unguarded
+        log.warning("cannot lock %s (%s); nothing stops a second run from writing there too",
+                    run_dir / LOCK_FILE, err.strerror or err)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
