@@ -4,7 +4,6 @@
     InfObs-v0      an infinite observation on the 50th step
     CrashOdd-v0    raises RuntimeError on the 5th step when reset with an odd seed
     CrashOnBuild-v0  CrashOnBuild-v0(build_pid=P) builds in process P only
-    MatrixObs-v0   nothing goes wrong: observations are 2x3 matrices, not vectors
 """
 import os
 
@@ -56,22 +55,7 @@ class CrashOnBuild(_Faulty):
             raise RuntimeError(f"CrashOnBuild: built in process {os.getpid()}, not {build_pid}")
 
 
-class MatrixObs(gym.Env):
-    observation_space = gym.spaces.Box(-1, 1, (2, 3))
-    action_space = gym.spaces.Box(-1, 1, (1,))
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self.np_random.uniform(-1, 1, (2, 3)).astype(np.float32), {}
-
-    def step(self, action):
-        self.t += 1
-        obs = self.np_random.uniform(-1, 1, (2, 3)).astype(np.float32)
-        return obs, float(obs[0, 0] * action[0]), False, self.t >= 20, {}
-
-
 for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs), ("CrashOdd-v0", CrashOdd),
-                  ("CrashOnBuild-v0", CrashOnBuild), ("MatrixObs-v0", MatrixObs)):
+                  ("CrashOnBuild-v0", CrashOnBuild)):
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls)

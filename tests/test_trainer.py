@@ -36,12 +36,6 @@ def test_subproc_and_sync_give_the_same_numbers(tmp_path):
             == _strip_times(read_jsonl(tmp_path / "subproc" / "metrics.jsonl")))
 
 
-def test_matrix_observations_are_flattened_for_the_networks(tmp_path):
-    summary = train(_cfg("nan_env:MatrixObs-v0", total_steps=256, steps_per_iter=128), tmp_path)
-    assert summary["status"] == "completed" and summary["env_steps"] == 256
-    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 2
-
-
 def test_diverging_environment_ends_failed_with_reason_in_summary(tmp_path):
     with pytest.raises(DivergedError):
         train(_cfg("nan_env:NaNReward-v0", n_envs=1), tmp_path)

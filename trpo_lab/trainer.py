@@ -21,11 +21,11 @@ import torch
 
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
-from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import save_checkpoint
 from trpo_lab.config import Config, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
 from trpo_lab.loggers import RunLogger
+from trpo_lab.actor import NumpyActor
 from trpo_lab.policies import Policy, ValueNet, make_policy
 from trpo_lab.trpo import UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
