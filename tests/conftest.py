@@ -42,19 +42,17 @@ def fast_overrides() -> list[str]:
 
 
 def small_actor(venv):
-    """A seeded random policy's NumpyActor for `venv`, and an observation normaliser with made-up statistics."""
+    """A seeded random policy's NumpyActor for `venv`, and a normalisation with made-up statistics."""
     import numpy as np
     import torch
 
-    from trpo_lab.envs import ObsNormalizer
+    from trpo_lab.envs import Normalise
     from trpo_lab.policies import make_policy
 
     torch.manual_seed(0)
     obs_dim = int(np.prod(venv.observation_space.shape))
     policy = make_policy(obs_dim, venv.action_space, [8], "tanh", 0.0, True)
-    norm = ObsNormalizer((obs_dim,))
-    norm.rms.mean, norm.rms.var, norm.rms.count = np.linspace(-0.5, 0.5, obs_dim), np.linspace(0.5, 2.0, obs_dim), 7.0
-    return policy.numpy_actor(), norm
+    return policy.numpy_actor(), Normalise(np.linspace(-0.5, 0.5, obs_dim), np.linspace(0.5, 2.0, obs_dim), 10.0)
 
 
 def segment_copy(segment) -> dict:

@@ -1,11 +1,10 @@
 """Tier 1: running statistics and reward scaling against step-by-step references."""
-import copy
 from collections import deque
 
 import numpy as np
 import pytest
 
-from trpo_lab.envs import ObsNormalizer, RewardScaler, RunningMeanStd, RunningNormalise
+from trpo_lab.envs import ObsNormalizer, RewardScaler, RunningMeanStd
 
 
 def test_running_mean_std_matches_numpy_over_all_batches():
@@ -55,31 +54,37 @@ def test_reward_scaler_equals_scaling_step_by_step():
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_running_normalise_equals_updating_step_by_step(enabled):
-    """An environment's normalisation within a rollout: its anchored sums against the
-    normaliser updated with one observation at a time, and the normaliser itself untouched."""
+def test_normalisation_is_fixed_for_a_rollout_and_updated_after_it(enabled):
+    """Each rollout is normalised with the statistics of the rollouts before it, row by row
+    (as collection does) exactly as in one batch; then its observations join the statistics."""
     rng = np.random.default_rng(3)
-    start = ObsNormalizer((5,), enabled=enabled)
-    start.update(rng.normal(48.0, 3.0, size=(20, 5)))
-    before = start.state_dict()
-    reference = copy.deepcopy(start)
-    stream = RunningNormalise(start)
-    data = rng.normal(50.0, 4.0, size=(60, 5))
-    data[7, 2] = 900.0  # an outlier the clip must cut
-    for x in data:
-        reference.update(x[None])
-        got = stream.step(x, np.empty(5))
-        np.testing.assert_allclose(got, reference(x[None])[0], rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(stream.normalise(x + 1.0, np.empty(5)), reference((x + 1.0)[None])[0],
-                                   rtol=1e-9, atol=1e-9)
-    assert all(np.array_equal(before[k], v) for k, v in start.state_dict().items())
-    assert (np.abs(stream.normalise(data[7], np.empty(5))).max() <= 10.0) == enabled
+    data = rng.normal(50.0, 4.0, size=(3, 30, 2, 5))  # 3 rollouts of 30 steps, 2 envs, 5 dims
+    data[1, 7, 0, 2] = 900.0                          # an outlier the clip must cut
+    norm, reference = ObsNormalizer((5,), enabled=enabled), RunningMeanStd((5,))
+    for rollout in data:
+        normalise = norm.frozen()
+        batch = normalise(rollout)
+        if enabled:
+            expected = np.clip((rollout - reference.mean) / np.sqrt(reference.var + 1e-8), -10.0, 10.0)
+            np.testing.assert_allclose(batch, expected, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(batch, rollout)
+        row = np.empty((1, 5))
+        for t, i in np.ndindex(30, 2):
+            np.testing.assert_array_equal(normalise(rollout[t, i], row)[0], batch[t, i])
+        norm.update(rollout)
+        reference.update(rollout.reshape(-1, 5))
+        if enabled:
+            np.testing.assert_array_equal(norm.rms.mean, reference.mean)
+            np.testing.assert_array_equal(norm.rms.var, reference.var)
+        else:
+            assert norm.rms.count == 1e-4  # nothing learned
+    assert (np.abs(norm(data[1, 7])).max() <= 10.0) == enabled  # disabled: observations pass as they are
 
 
-def test_each_environment_normalises_with_its_own_observations_then_all_join(tmp_path):
-    """Within a rollout, environment i's observation at step t is normalised with the statistics
-    from before the rollout plus environment i's observations up to t; after it, the statistics
-    take in every environment's observations."""
+def test_the_trainer_normalises_a_rollout_with_the_statistics_from_before_it(tmp_path):
+    """The stored observations are the raw ones normalised with the statistics at the rollout's
+    start; after it, the statistics are those of every observation collected so far."""
     from trpo_lab.config import Config, EnvConfig
     from trpo_lab.envs import make_vec_env
     from trpo_lab.trainer import Rollout, build_agent, collect
@@ -88,19 +93,14 @@ def test_each_environment_normalises_with_its_own_observations_then_all_join(tmp
     venv = make_vec_env(cfg.env, 2, 0, 64)
     agent = build_agent(cfg, venv.observation_space, venv.action_space)
     rollout = Rollout.allocate(64, 2, 3, venv.action_space)
-    rng, obs = np.random.default_rng(0), venv.reset()
+    rng, obs, seen = np.random.default_rng(0), venv.reset(), RunningMeanStd((3,))
     for _ in range(3):
-        before = copy.deepcopy(agent.obs_norm)
+        mean, std = seen.mean.copy(), np.sqrt(seen.var + 1e-8)
         next_obs = collect(venv, agent, agent.policy.numpy_actor(), obs, rollout, rng, deque())
-        raw = venv.segment.obs.copy()
+        raw = venv.segment.obs
         np.testing.assert_array_equal(raw[0], obs)
-        for i in range(2):
-            own = copy.deepcopy(before)
-            for t in range(64):
-                own.update(raw[t, i][None])
-                np.testing.assert_allclose(rollout.obs[t, i], own(raw[t, i][None])[0], rtol=1e-5, atol=1e-5)
-        before.update(raw)
-        np.testing.assert_array_equal(agent.obs_norm.rms.mean, before.rms.mean)
-        np.testing.assert_array_equal(agent.obs_norm.rms.var, before.rms.var)
+        np.testing.assert_allclose(rollout.obs, np.clip((raw - mean) / std, -10, 10), rtol=1e-6, atol=1e-6)
+        seen.update(raw.reshape(-1, 3))
+        np.testing.assert_array_equal(agent.obs_norm.rms.mean, seen.mean)
         obs = next_obs
     venv.close()

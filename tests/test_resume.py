@@ -25,15 +25,15 @@ def test_vec_env_state_round_trip(env_id, kind):
     steps = 17
     a, b = make_vec_env(cfg, 2, 3, steps, kind), make_vec_env(cfg, 2, 99, steps, kind)
     try:
-        actor, obs_norm = small_actor(a)
+        actor, normalise = small_actor(a)
         rng = np.random.default_rng(0)
-        obs = a.collect(actor, obs_norm, actor.noise(rng, steps, 2)[0], a.reset()).next_obs.copy()  # mid-episode
+        obs = a.collect(actor, normalise, actor.noise(rng, steps, 2)[0], a.reset()).next_obs.copy()  # mid-episode
         b.reset()
         b.set_state(a.get_state())
         for _ in range(5):  # crosses time limits and (Hopper) falls
             noise, _ = actor.noise(rng, steps, 2)
-            first = segment_copy(a.collect(actor, obs_norm, noise, obs))
-            second = segment_copy(b.collect(actor, obs_norm, noise, obs))
+            first = segment_copy(a.collect(actor, normalise, noise, obs))
+            second = segment_copy(b.collect(actor, normalise, noise, obs))
             assert first.pop("episodes") == second.pop("episodes")
             for name in first:
                 np.testing.assert_array_equal(first[name], second[name], err_msg=name)

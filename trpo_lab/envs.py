@@ -48,28 +48,27 @@ class Segment:
     """T steps of N environments as collected, arrays [T, N, ...] (float64 unless said).
 
     Step t acted on obs[t] and gave rewards[t]; where an episode ended at step
-    t (terminated or truncated), final_obs[t] holds its last observation
-    (normalised as obs_normalised[t] was) and the environment was reset. The vector env fills it in place and overwrites
+    t (terminated or truncated), final_obs[t] holds its last observation and
+    the environment was reset. The vector env fills it in place and overwrites
     it with the next rollout: copy what you keep.
     """
 
     obs: np.ndarray         # [T, N, obs_dim], the observation each action was chosen for
-    obs_normalised: np.ndarray  # [T, N, obs_dim], that observation as the policy saw it
     actions: np.ndarray     # [T, N, act_dim], as sampled (before clipping); a Discrete action as a float
     logp: np.ndarray        # [T, N], log-probability of a Discrete action (a Gaussian's come with its noise)
     rewards: np.ndarray     # [T, N], as the environment gave them
     terminated: np.ndarray  # bool [T, N], true terminal states (no bootstrapping)
     truncated: np.ndarray   # bool [T, N], cut by a time limit (bootstrap from final_obs)
-    final_obs: np.ndarray   # [T, N, obs_dim], normalised; valid where terminated or truncated
+    final_obs: np.ndarray   # [T, N, obs_dim], valid where terminated or truncated
     next_obs: np.ndarray    # [N, obs_dim], the observation to continue from
     episodes: list[tuple[float, int]] = field(default_factory=list)  # finished (return, length), in step order
 
-    TYPES = {"obs": np.float64, "obs_normalised": np.float64, "actions": np.float64, "logp": np.float64, "rewards": np.float64,
+    TYPES = {"obs": np.float64, "actions": np.float64, "logp": np.float64, "rewards": np.float64,
              "terminated": np.bool_, "truncated": np.bool_, "final_obs": np.float64, "next_obs": np.float64}
 
     @staticmethod
     def shapes(T: int, N: int, obs_dim: int, act_dim: int) -> dict[str, tuple[int, ...]]:
-        return {"obs": (T, N, obs_dim), "obs_normalised": (T, N, obs_dim), "actions": (T, N, act_dim), "logp": (T, N), "rewards": (T, N),
+        return {"obs": (T, N, obs_dim), "actions": (T, N, act_dim), "logp": (T, N), "rewards": (T, N),
                 "terminated": (T, N), "truncated": (T, N), "final_obs": (T, N, obs_dim), "next_obs": (N, obs_dim)}
 
     @classmethod
@@ -167,33 +166,30 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         mujoco.mj_setState(base.model, base.data, state["mujoco"], spec)  # in case forward touched any
 
 
-def _act_in_env(env: gym.Env, j: int, obs: np.ndarray, actor, obs_norm: "ObsNormalizer", noise: np.ndarray,
+def _act_in_env(env: gym.Env, j: int, obs: np.ndarray, actor, normalise: "Normalise", noise: np.ndarray,
                 segment: Segment) -> None:
     """Act in environment j, column j of `segment`, for all its T steps, from `obs`.
 
-    actor: a NumpyActor; obs_norm: the ObsNormalizer as it was at the
-    rollout's start; noise [T, ...], this environment's share of `actor.noise`.
-    The observation is normalised with the statistics at the rollout's start
-    plus this environment's own observations since (`RunningNormalise`), so an
-    environment's steps depend on no other environment's: each runs through
+    actor: a NumpyActor; noise [T, ...], this environment's share of
+    `actor.noise`. The policy and the normaliser are fixed for the rollout, so
+    an environment's steps depend on no other environment's: each runs through
     on its own, in whichever process holds it, with the same numbers. The loop
-    is the per-step cost trpo_lab adds to the simulator's: a couple of dozen
-    numpy calls on vectors, writing into arrays kept from the last call.
+    is the per-step cost trpo_lab adds to the simulator's: a dozen numpy
+    calls on vectors, writing into arrays kept from the last call.
     """
     box = isinstance(env.action_space, gym.spaces.Box)
     if box:
         low, high = env.action_space.low, env.action_space.high
         clipped = np.empty(low.shape)
-    norm = RunningNormalise(obs_norm)
-    obs_col, normalised_col = segment.obs[:, j], segment.obs_normalised[:, j]
-    actions_col, logp_col = segment.actions[:, j], segment.logp[:, j]
+    x = np.empty(segment.obs.shape[2])  # the observation normalised
+    obs_col, actions_col, logp_col = segment.obs[:, j], segment.actions[:, j], segment.logp[:, j]
     rewards, terminated_col, truncated_col = segment.rewards[:, j], segment.terminated[:, j], segment.truncated[:, j]
     final_col = segment.final_obs[:, j]
     act, step, minimum, maximum = actor.act, env.step, np.minimum, np.maximum
     for t in range(obs_col.shape[0]):
         o = obs_col[t]
         o[:] = obs
-        action, logp = act(norm.step(o, normalised_col[t]), noise[t])
+        action, logp = act(normalise(o, x), noise[t])
         if box:
             actions_col[t] = action
             obs, rewards[t], terminated, truncated, _ = step(maximum(minimum(action, high, out=clipped), low,
@@ -203,7 +199,7 @@ def _act_in_env(env: gym.Env, j: int, obs: np.ndarray, actor, obs_norm: "ObsNorm
             obs, rewards[t], terminated, truncated, _ = step(action)
         if terminated or truncated:
             terminated_col[t], truncated_col[t] = terminated, truncated
-            norm.normalise(obs, final_col[t])
+            final_col[t] = obs
             obs, _ = env.reset()
         else:
             terminated_col[t] = truncated_col[t] = False
@@ -231,16 +227,15 @@ class SyncVecEnv:
             self.segment.next_obs[i] = env.reset(seed=self.seed + i)[0]
         return self.segment.next_obs.copy()
 
-    def collect(self, actor, obs_norm: "ObsNormalizer", noise: np.ndarray, obs: np.ndarray) -> Segment:
-        """One rollout of every environment from obs [N, obs_dim], acting with `actor` and noise
-        [T, N, ...] (`actor.noise`) on observations normalised as `_act_in_env` says;
-        `obs_norm` is left as it is."""
-        self._collect_local(actor, obs_norm, noise, obs)
+    def collect(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> Segment:
+        """One rollout of every environment from obs [N, obs_dim], acting with `actor` on
+        normalise(observation) and noise [T, N, ...] (`actor.noise`)."""
+        self._collect_local(actor, normalise, noise, obs)
         return self._finish()
 
-    def _collect_local(self, actor, obs_norm: "ObsNormalizer", noise: np.ndarray, obs: np.ndarray) -> None:
+    def _collect_local(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> None:
         for j, env in enumerate(self.envs):  # this process's environments are 0, 1, ...
-            _act_in_env(env, j, obs[j], actor, obs_norm, noise[:, j], self.segment)
+            _act_in_env(env, j, obs[j], actor, normalise, noise[:, j], self.segment)
 
     def _finish(self) -> Segment:
         s = self.segment
@@ -320,9 +315,9 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
             command = int(control[0])
             try:
                 if command == _COLLECT:
-                    actor, obs_norm, obs, noise = pickle.loads(remote.recv_bytes())
+                    actor, normalise, obs, noise = pickle.loads(remote.recv_bytes())
                     for k, (j, env) in enumerate(zip(env_ids, envs)):
-                        _act_in_env(env, j, obs[k], actor, obs_norm, noise[:, k], segment)
+                        _act_in_env(env, j, obs[k], actor, normalise, noise[:, k], segment)
                 elif command == _RESET:
                     for j, env in zip(env_ids, envs):
                         env.action_space.seed(int(control[2]) + j)
@@ -430,15 +425,15 @@ class SubprocVecEnv(SyncVecEnv):
     def _worker_envs(self, w: int) -> str:
         return ", ".join(map(str, self._groups[w + 1]))
 
-    def collect(self, actor, obs_norm: "ObsNormalizer", noise: np.ndarray, obs: np.ndarray) -> Segment:
+    def collect(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> Segment:
         self._command(_COLLECT)
         try:
             for pipe, env_ids in zip(self.remotes, self._groups[1:]):
-                pipe.send_bytes(pickle.dumps((actor, obs_norm, obs[env_ids], noise[:, env_ids])))
+                pipe.send_bytes(pickle.dumps((actor, normalise, obs[env_ids], noise[:, env_ids])))
         except (BrokenPipeError, ConnectionError):
             self._wait_all()  # a worker died: this says which
             raise
-        self._collect_local(actor, obs_norm, noise, obs)
+        self._collect_local(actor, normalise, noise, obs)
         self._wait_all()
         return self._finish()
 
@@ -535,24 +530,52 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
 
 
+class Normalise:
+    """obs -> (obs - mean) / std, clipped to [-clip, clip], with statistics fixed when it was made.
+
+    What the policy sees during one rollout and afterwards, in the update: it
+    travels to the environment workers with the actor. Without statistics
+    (normalisation off), a float64 copy.
+    """
+
+    def __init__(self, mean: np.ndarray | None, std: np.ndarray | None, clip: float):
+        self.mean, self.std, self.clip = mean, std, clip
+
+    def __call__(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """obs [..., d] normalised into `out` (float64, a new array if None): four numpy calls,
+        out given positionally (keyword parsing costs a share of a call on arrays this small)."""
+        if out is None:
+            out = np.empty(np.shape(obs))
+        if self.mean is None:
+            np.copyto(out, obs)
+            return out
+        np.subtract(obs, self.mean, out)
+        np.divide(out, self.std, out)
+        np.minimum(out, self.clip, out=out)  # (np.minimum and np.maximum take out by keyword only)
+        np.maximum(out, -self.clip, out=out)
+        return out
+
+
 class ObsNormalizer:
     """(obs - running mean) / running std, clipped; part of the policy's state.
 
-    During a rollout each environment normalises with these statistics plus
-    its own observations so far (`RunningNormalise`); after the rollout,
-    `update` takes in every environment's observations of it.
+    The statistics change once per rollout, after it (`update` with all its
+    observations), so the behaviour policy is one fixed function for a whole
+    rollout, as it is for the update that follows.
     """
 
     def __init__(self, shape: tuple[int, ...], enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
         self.rms = RunningMeanStd(shape)
         self.enabled, self.clip, self.eps = enabled, clip, eps
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """obs [..., d] normalised with the statistics as they are (float64)."""
+    def frozen(self) -> Normalise:
+        """The normalisation with the statistics as they are now."""
         if not self.enabled:
-            return np.array(obs, dtype=np.float64)
-        return np.clip((obs - self.rms.mean.reshape(-1)) / np.sqrt(self.rms.var.reshape(-1) + self.eps),
-                       -self.clip, self.clip)
+            return Normalise(None, None, self.clip)
+        return Normalise(self.rms.mean.reshape(-1).copy(), np.sqrt(self.rms.var + self.eps).reshape(-1), self.clip)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return self.frozen()(obs)
 
     def update(self, obs: np.ndarray) -> None:
         """Add observations [..., d] to the running statistics."""
@@ -565,70 +588,6 @@ class ObsNormalizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.enabled, self.clip = bool(state["enabled"]), float(state["clip"])
         self.rms.load_state_dict(state)
-
-
-class RunningNormalise:
-    """One environment's normalisation during a rollout: `ObsNormalizer(obs)` with statistics
-    that take in each of this environment's observations as it comes.
-
-    Anchored at the normaliser's mean m0, variance v0 and count c0 when the
-    rollout starts: with y = x - m0 for every observation x of this
-    environment since, S = sum y, Q = v0 c0 + sum y^2 and c = c0 + their
-    number, the running statistics are mean = m0 + S / c and
-    var = Q / c - (S / c)^2, the pooled statistics of `RunningMeanStd.update`
-    up to rounding. A step is a dozen numpy calls, each writing into an array
-    kept from the last one (out given positionally: keyword parsing costs a
-    measurable share of a call on arrays this small).
-    """
-
-    def __init__(self, norm: ObsNormalizer):
-        rms, d = norm.rms, norm.rms.mean.size
-        self.enabled, self.clip, self.eps = norm.enabled, norm.clip, norm.eps
-        self._anchor, self._count = rms.mean.reshape(-1).copy(), rms.count
-        self._sums = np.zeros(2 * d)  # [S, Q]
-        self._sums[d:] = rms.var.reshape(-1) * rms.count
-        self._row = np.empty(2 * d)   # [y, y^2] of the latest observation
-        self._y, self._y2 = self._row[:d], self._row[d:]
-        self._scaled = np.empty(2 * d)  # [S / c, Q / c]
-        self._mean_offset, self._second = self._scaled[:d], self._scaled[d:]
-        self._std = np.empty(d)
-        self._update_std()
-
-    def step(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Add obs [d] to the statistics, then write it normalised with them into `out` [d]."""
-        if not self.enabled:
-            np.copyto(out, obs)
-            return out
-        y = self._y
-        np.subtract(obs, self._anchor, y)
-        np.multiply(y, y, self._y2)
-        np.add(self._sums, self._row, self._sums)
-        self._count += 1
-        self._update_std()
-        return self._normalise(y, out)
-
-    def normalise(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """obs [d] normalised with the statistics so far, without adding it, into `out`."""
-        if not self.enabled:
-            np.copyto(out, obs)
-            return out
-        return self._normalise(np.subtract(obs, self._anchor, out), out)
-
-    def _update_std(self) -> None:
-        std, mean_offset = self._std, self._mean_offset
-        np.multiply(self._sums, 1.0 / self._count, self._scaled)  # [S/c, Q/c]
-        np.multiply(mean_offset, mean_offset, std)
-        np.subtract(self._second, std, std)                       # var = Q/c - (S/c)^2
-        np.add(std, self.eps, std)
-        np.sqrt(std, std)
-
-    def _normalise(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """(y - S/c) / std, clipped, into out: y is obs - m0, so this is (obs - mean) / std."""
-        np.subtract(y, self._mean_offset, out)
-        np.divide(out, self._std, out)
-        np.minimum(out, self.clip, out=out)  # (np.minimum and np.maximum take out by keyword only)
-        np.maximum(out, -self.clip, out=out)
-        return out
 
 
 class RewardScaler:

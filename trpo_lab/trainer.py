@@ -115,15 +115,15 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
             rng: np.random.Generator, episodes: deque) -> np.ndarray:
     """Fill `rollout` by acting with `actor`; returns the observation to continue from.
 
-    Each environment normalises its observations with the statistics of the
-    rollouts before plus its own observations of this one (see
-    envs._act_in_env), so the environments run through the rollout
-    independently (in parallel with vec_env=subproc); the normaliser takes in
-    all of them afterwards. What can wait for the whole rollout (the
-    finiteness checks, reward scaling) does.
+    The policy, its observation normaliser included, is one fixed function for
+    the whole rollout; the normaliser takes the rollout's observations into its
+    statistics afterwards, for the next one. So the environments run through
+    the rollout independently (in parallel with vec_env=subproc), and what the
+    policy saw is normalised again here in one batch, with the same numbers.
     """
     noise, logp = actor.noise(rng, *rollout.behaviour_logp.shape)
-    segment = venv.collect(actor, agent.obs_norm, noise, obs)
+    normalise = agent.obs_norm.frozen()
+    segment = venv.collect(actor, normalise, noise, obs)
     ends = segment.terminated | segment.truncated
     cut = np.argwhere(segment.truncated & ~segment.terminated)  # (t, env) of time-limit cuts, in step order
     finals = segment.final_obs[cut[:, 0], cut[:, 1]]
@@ -132,15 +132,15 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
     if not (np.isfinite(segment.obs).all() and np.isfinite(segment.next_obs).all()
             and np.isfinite(segment.rewards).all() and np.isfinite(finals).all()):
         raise DivergedError("the environment returned a non-finite observation or reward")
-    rollout.obs[:] = segment.obs_normalised
+    rollout.obs[:] = normalise(segment.obs)
     rollout.actions[:] = segment.actions.reshape(rollout.actions.shape)
     rollout.behaviour_logp[:] = segment.logp if logp is None else logp
     rollout.rewards[:] = agent.reward_scaler(segment.rewards, ends)
     rollout.terminated[:] = segment.terminated
     rollout.episode_ends[:] = ends
-    rollout.truncations = [(int(t), int(i), f) for (t, i), f in zip(cut, finals)]
+    rollout.truncations = [(int(t), int(i), f) for (t, i), f in zip(cut, normalise(finals))]
+    rollout.last_obs = normalise(segment.next_obs).astype(np.float32)
     agent.obs_norm.update(segment.obs)
-    rollout.last_obs = agent.obs_norm(segment.next_obs).astype(np.float32)
     episodes.extend(segment.episodes)
     return segment.next_obs.copy()
 
@@ -178,12 +178,13 @@ def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: 
     """Return of one deterministic episode from env.reset(seed=seed); with `frames`,
     appends env.render() after the reset and after every step."""
     box = isinstance(env.action_space, gym.spaces.Box)
+    normalise = obs_norm.frozen()
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
     if frames is not None:
         frames.append(env.render())
     while not done:
-        action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
+        action = actor.deterministic(normalise(np.asarray(obs, dtype=np.float64)[None]))[0]
         if box:
             action = np.clip(action, env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, _ = env.step(action)
