@@ -34,14 +34,14 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 class NumpyActor:
-    """A frozen numpy copy of a policy for acting: act(obs, noise) -> (action, log-prob).
+    """A frozen numpy copy of a policy for acting: sample(obs) -> (actions, log-probs).
 
-    weights [in, out] and biases [out] per linear layer, float64. The actions
-    and their log-probabilities are those of the copied policy (the behaviour
+    weights [in, out] and biases [out] per linear layer, float64. Takes float
+    observations [N, obs_dim]; returns actions [N, act_dim] (float64) or [N]
+    (int64) and their log-probabilities under the copied policy (the behaviour
     policy beta of DESIGN.md). With `log_std` the policy is a diagonal Gaussian
-    around the net's output, without it a softmax over the net's logits.
-    `act` takes one observation (collection), `deterministic` a batch
-    (evaluation); both write into arrays allocated once.
+    around the net's output, without it a softmax over the net's logits. The
+    forward pass writes into arrays allocated once per batch size.
     """
 
     def __init__(self, weights: list[np.ndarray], biases: list[np.ndarray], activation: str,
@@ -68,9 +68,12 @@ class NumpyActor:
         self.__init__(**state)
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
-        """The net's output for obs [N, obs_dim], [N, out]: an array of this actor's, overwritten
-        by the next call. (np.dot into a buffer, out given positionally: half the cost of
-        np.matmul's call on arrays this small.)"""
+        """The net's output [N, out]: an array of this actor's, overwritten by the next call.
+
+        Called once per environment step on one row, so the calls are the
+        cheapest numpy has: np.dot into a buffer (half the cost of np.matmul's
+        call on arrays this small), out given positionally.
+        """
         buffers = self._buffers.get(obs.shape[0])
         if buffers is None:
             buffers = self._buffers[obs.shape[0]] = [np.empty((obs.shape[0], w.shape[1])) for w in self.weights]
@@ -104,7 +107,7 @@ class NumpyActor:
         return action, float(logp_all[action])
 
     def noise(self, rng: np.random.Generator, steps: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The randomness of `steps` calls to `act` for each of n observations, drawn at once.
+        """The randomness of `steps` calls to `sample` for n observations, drawn at once.
 
         Returns (noise, log-probs). Gaussian: noise is std * eps for standard
         normal eps [steps, n, act_dim], and since the action mean + std * eps
@@ -118,6 +121,18 @@ class NumpyActor:
             eps = rng.standard_normal((steps, n, len(self.log_std)))
             return self.std * eps, self.logp_const - 0.5 * (eps * eps).sum(-1)
         return rng.random((steps, n, 1)), None
+
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Actions for obs [N, obs_dim], given one step of `noise()` [N, ...], and their
+        log-probabilities [N] (None for a Gaussian: `noise()` gave them)."""
+        out = self.forward(obs)
+        if self.log_std is not None:
+            return out + noise, None
+        logits = out - out.max(-1, keepdims=True)
+        logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        cdf = np.cumsum(np.exp(logp_all), -1)
+        actions = np.minimum((noise > cdf).sum(-1), out.shape[-1] - 1)
+        return actions, logp_all[np.arange(out.shape[0]), actions]
 
     def deterministic(self, obs: np.ndarray) -> np.ndarray:
         out = self.forward(obs)
