@@ -1,7 +1,6 @@
 """Tier 1: running statistics and reward scaling against step-by-step references."""
-from collections import deque
-
 import numpy as np
+
 import pytest
 
 from trpo_lab.envs import ObsNormalizer, RewardScaler, RunningMeanStd
@@ -54,53 +53,21 @@ def test_reward_scaler_equals_scaling_step_by_step():
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_normalisation_is_fixed_for_a_rollout_and_updated_after_it(enabled):
-    """Each rollout is normalised with the statistics of the rollouts before it, row by row
-    (as collection does) exactly as in one batch; then its observations join the statistics."""
+def test_rollout_normalizer_equals_updating_step_by_step(enabled):
+    """The per-step sums of the collection loop against ObsNormalizer(obs, update=True) per step."""
     rng = np.random.default_rng(3)
     data = rng.normal(50.0, 4.0, size=(3, 30, 2, 5))  # 3 rollouts of 30 steps, 2 envs, 5 dims
     data[1, 7, 0, 2] = 900.0                          # an outlier the clip must cut
-    norm, reference = ObsNormalizer((5,), enabled=enabled), RunningMeanStd((5,))
+    reference, fast = ObsNormalizer((5,), enabled=enabled), ObsNormalizer((5,), enabled=enabled)
     for rollout in data:
-        normalise = norm.frozen()
-        batch = normalise(rollout)
-        if enabled:
-            expected = np.clip((rollout - reference.mean) / np.sqrt(reference.var + 1e-8), -10.0, 10.0)
-            np.testing.assert_allclose(batch, expected, rtol=1e-12, atol=1e-12)
-        else:
-            np.testing.assert_array_equal(batch, rollout)
-        row = np.empty((1, 5))
-        for t, i in np.ndindex(30, 2):
-            np.testing.assert_array_equal(normalise(rollout[t, i], row)[0], batch[t, i])
-        norm.update(rollout)
-        reference.update(rollout.reshape(-1, 5))
-        if enabled:
-            np.testing.assert_array_equal(norm.rms.mean, reference.mean)
-            np.testing.assert_array_equal(norm.rms.var, reference.var)
-        else:
-            assert norm.rms.count == 1e-4  # nothing learned
-    assert (np.abs(norm(data[1, 7])).max() <= 10.0) == enabled  # disabled: observations pass as they are
-
-
-def test_the_trainer_normalises_a_rollout_with_the_statistics_from_before_it(tmp_path):
-    """The stored observations are the raw ones normalised with the statistics at the rollout's
-    start; after it, the statistics are those of every observation collected so far."""
-    from trpo_lab.config import Config, EnvConfig
-    from trpo_lab.envs import make_vec_env
-    from trpo_lab.trainer import Rollout, build_agent, collect
-
-    cfg = Config(env=EnvConfig(id="Pendulum-v1"))
-    venv = make_vec_env(cfg.env, 2, 0, 64)
-    agent = build_agent(cfg, venv.observation_space, venv.action_space)
-    rollout = Rollout.allocate(64, 2, 3, venv.action_space)
-    rng, obs, seen = np.random.default_rng(0), venv.reset(), RunningMeanStd((3,))
-    for _ in range(3):
-        mean, std = seen.mean.copy(), np.sqrt(seen.var + 1e-8)
-        next_obs = collect(venv, agent, agent.policy.numpy_actor(), obs, rollout, rng, deque())
-        raw = venv.segment.obs
-        np.testing.assert_array_equal(raw[0], obs)
-        np.testing.assert_allclose(rollout.obs, np.clip((raw - mean) / std, -10, 10), rtol=1e-6, atol=1e-6)
-        seen.update(raw.reshape(-1, 3))
-        np.testing.assert_array_equal(agent.obs_norm.rms.mean, seen.mean)
-        obs = next_obs
-    venv.close()
+        session = fast.rollout()
+        for obs in rollout:
+            expected = reference(obs, update=True)
+            got = session.step(obs, out=np.empty((2, 5), dtype=np.float32))
+            np.testing.assert_allclose(got, expected, rtol=2e-6, atol=2e-6)  # float32 out
+            np.testing.assert_allclose(session.normalise(obs[:1]), reference(obs[:1]), rtol=1e-9, atol=1e-9)
+        session.finish()
+        np.testing.assert_allclose(fast.rms.mean, reference.rms.mean, rtol=1e-12)
+        np.testing.assert_allclose(fast.rms.var, reference.rms.var, rtol=1e-9)
+        assert fast.rms.count == reference.rms.count
+    assert (np.abs(fast(data[1, 7])).max() <= 10.0) == enabled  # disabled: observations pass as they are

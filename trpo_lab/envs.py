@@ -1,10 +1,9 @@
 """Environments: construction, vectorisation, and running normalisation.
 
-`SyncVecEnv` runs N gymnasium environments in this process; `SubprocVecEnv`
-shares them out to worker processes. Both collect a whole rollout at a time,
-reset an environment as soon as its episode ends and hand back the final
-observation of that episode separately, so the trainer can bootstrap episodes
-cut by a time limit with V(s_final).
+`SyncVecEnv` steps N gymnasium environments in this process; `SubprocVecEnv`
+steps each in a worker process. Both reset an environment as soon as its
+episode ends and hand back the final observation of that episode separately,
+so the trainer can bootstrap episodes cut by a time limit with V(s_final).
 """
 from __future__ import annotations
 
@@ -35,8 +34,6 @@ def make_env(cfg: EnvConfig) -> gym.Env:
     if not isinstance(env.observation_space, gym.spaces.Box):
         raise EnvError(f"env.id={cfg.id!r} has observation space {env.observation_space}; "
                        "trpo_lab needs a Box (vector) observation")
-    if len(env.observation_space.shape) != 1:
-        env = gym.wrappers.FlattenObservation(env)  # the networks and the normaliser take vectors
     if not isinstance(env.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
         raise EnvError(f"env.id={cfg.id!r} has action space {env.action_space}; "
                        "trpo_lab handles Box and Discrete")
@@ -44,37 +41,15 @@ def make_env(cfg: EnvConfig) -> gym.Env:
 
 
 @dataclass
-class Segment:
-    """T steps of N environments as collected, arrays [T, N, ...] (float64 unless said).
+class StepResult:
+    """One step of N environments. Arrays have leading dimension N."""
 
-    Step t acted on obs[t] and gave rewards[t]; where an episode ended at step
-    t (terminated or truncated), final_obs[t] holds its last observation and
-    the environment was reset. The vector env fills it in place and overwrites
-    it with the next rollout: copy what you keep.
-    """
-
-    obs: np.ndarray         # [T, N, obs_dim], the observation each action was chosen for
-    actions: np.ndarray     # [T, N, act_dim], as sampled (before clipping); a Discrete action as a float
-    logp: np.ndarray        # [T, N], log-probability of a Discrete action (a Gaussian's come with its noise)
-    rewards: np.ndarray     # [T, N], as the environment gave them
-    terminated: np.ndarray  # bool [T, N], true terminal states (no bootstrapping)
-    truncated: np.ndarray   # bool [T, N], cut by a time limit (bootstrap from final_obs)
-    final_obs: np.ndarray   # [T, N, obs_dim], valid where terminated or truncated
-    next_obs: np.ndarray    # [N, obs_dim], the observation to continue from
-    episodes: list[tuple[float, int]] = field(default_factory=list)  # finished (return, length), in step order
-
-    TYPES = {"obs": np.float64, "actions": np.float64, "logp": np.float64, "rewards": np.float64,
-             "terminated": np.bool_, "truncated": np.bool_, "final_obs": np.float64, "next_obs": np.float64}
-
-    @staticmethod
-    def shapes(T: int, N: int, obs_dim: int, act_dim: int) -> dict[str, tuple[int, ...]]:
-        return {"obs": (T, N, obs_dim), "actions": (T, N, act_dim), "logp": (T, N), "rewards": (T, N),
-                "terminated": (T, N), "truncated": (T, N), "final_obs": (T, N, obs_dim), "next_obs": (N, obs_dim)}
-
-    @classmethod
-    def allocate(cls, T: int, N: int, obs_dim: int, act_dim: int) -> "Segment":
-        return cls(**{name: np.zeros(shape, dtype=cls.TYPES[name])
-                      for name, shape in cls.shapes(T, N, obs_dim, act_dim).items()})
+    obs: np.ndarray          # next observations; after an episode end, the reset observation
+    rewards: np.ndarray      # float64 [N], as the environment gave them
+    terminated: np.ndarray   # bool [N], true terminal states (no bootstrapping)
+    truncated: np.ndarray    # bool [N], cut by a time limit (bootstrap from final_obs)
+    final_obs: dict[int, np.ndarray] = field(default_factory=dict)  # env index -> last observation
+    episodes: list[tuple[float, int]] = field(default_factory=list)  # finished (return, length)
 
 
 class _EpisodeTracker:
@@ -82,19 +57,17 @@ class _EpisodeTracker:
         self.returns = np.zeros(n)
         self.lengths = np.zeros(n, dtype=np.int64)
 
-    def add(self, rewards: np.ndarray, ended: np.ndarray) -> list[tuple[float, int]]:
-        """Count a rollout, rewards and ended [T, N]; (return, length) of each episode that
-        ended in it, in step order (then environment order)."""
-        returns, lengths = self.returns.tolist(), self.lengths.tolist()
+    def add(self, rewards: np.ndarray, ended) -> list[tuple[float, int]]:
+        """Count one step; (return, length) of each episode that ended (the indices in `ended`)."""
+        self.returns += rewards
+        self.lengths += 1
+        if not len(ended):
+            return []
         finished = []
-        for step_rewards, step_ended in zip(rewards.tolist(), ended.tolist()):
-            for i, reward in enumerate(step_rewards):
-                returns[i] += reward  # in float64 step by step, as an episode's return is summed
-                lengths[i] += 1
-                if step_ended[i]:
-                    finished.append((returns[i], lengths[i]))
-                    returns[i], lengths[i] = 0.0, 0
-        self.returns, self.lengths = np.array(returns), np.array(lengths, dtype=np.int64)
+        for i in ended:
+            finished.append((float(self.returns[i]), int(self.lengths[i])))
+            self.returns[i] = 0.0
+            self.lengths[i] = 0
         return finished
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,81 +139,39 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
         mujoco.mj_setState(base.model, base.data, state["mujoco"], spec)  # in case forward touched any
 
 
-def _act_in_env(env: gym.Env, j: int, obs: np.ndarray, actor, normalise: "Normalise", noise: np.ndarray,
-                segment: Segment) -> None:
-    """Act in environment j, column j of `segment`, for all its T steps, from `obs`.
-
-    actor: a NumpyActor; noise [T, ...], this environment's share of
-    `actor.noise`. The policy and the normaliser are fixed for the rollout, so
-    an environment's steps depend on no other environment's: each runs through
-    on its own, in whichever process holds it, with the same numbers. The loop
-    is the per-step cost trpo_lab adds to the simulator's: a dozen numpy
-    calls on vectors, writing into arrays kept from the last call.
-    """
-    box = isinstance(env.action_space, gym.spaces.Box)
-    if box:
-        low, high = env.action_space.low, env.action_space.high
-        clipped = np.empty(low.shape)
-    x = np.empty(segment.obs.shape[2])  # the observation normalised
-    obs_col, actions_col, logp_col = segment.obs[:, j], segment.actions[:, j], segment.logp[:, j]
-    rewards, terminated_col, truncated_col = segment.rewards[:, j], segment.terminated[:, j], segment.truncated[:, j]
-    final_col = segment.final_obs[:, j]
-    act, step, minimum, maximum = actor.act, env.step, np.minimum, np.maximum
-    for t in range(obs_col.shape[0]):
-        o = obs_col[t]
-        o[:] = obs
-        action, logp = act(normalise(o, x), noise[t])
-        if box:
-            actions_col[t] = action
-            obs, rewards[t], terminated, truncated, _ = step(maximum(minimum(action, high, out=clipped), low,
-                                                                     out=clipped))
-        else:
-            actions_col[t], logp_col[t] = action, logp
-            obs, rewards[t], terminated, truncated, _ = step(action)
-        if terminated or truncated:
-            terminated_col[t], truncated_col[t] = terminated, truncated
-            final_col[t] = obs
-            obs, _ = env.reset()
-        else:
-            terminated_col[t] = truncated_col[t] = False
-    segment.next_obs[j] = obs
-
-
 class SyncVecEnv:
-    """N environments run one after another in this process, `steps` steps per rollout.
+    """N environments stepped one after another in this process.
 
-    `collect` fills a Segment allocated once and returns it: valid until the
-    next call (copy what you keep).
+    `step` writes into arrays allocated once and returns views of them: the
+    StepResult of one step is valid until the next call (copy what you keep).
     """
 
-    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int, steps: int):
+    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int):
         self.envs = [make_env(cfg) for _ in range(n_envs)]
-        self.num_envs, self.seed, self.steps = n_envs, seed, steps
+        self.num_envs = n_envs
+        self.seed = seed
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self._tracker = _EpisodeTracker(n_envs)
-        self.segment = Segment.allocate(steps, n_envs, *_dims(self.observation_space, self.action_space))
+        self._allocate()
+
+    def _allocate(self) -> None:
+        n, shape = self.num_envs, self.observation_space.shape
+        self._obs = np.zeros((n, *shape))
+        self._rewards = np.zeros(n)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
 
     def reset(self) -> np.ndarray:
+        obs = []
         for i, env in enumerate(self.envs):
             env.action_space.seed(self.seed + i)
-            self.segment.next_obs[i] = env.reset(seed=self.seed + i)[0]
-        return self.segment.next_obs.copy()
+            obs.append(env.reset(seed=self.seed + i)[0])
+        return np.asarray(obs, dtype=np.float64)
 
-    def collect(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> Segment:
-        """One rollout of every environment from obs [N, obs_dim], acting with `actor` on
-        normalise(observation) and noise [T, N, ...] (`actor.noise`)."""
-        self._collect_local(actor, normalise, noise, obs)
-        return self._finish()
-
-    def _collect_local(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> None:
-        for j, env in enumerate(self.envs):  # this process's environments are 0, 1, ...
-            _act_in_env(env, j, obs[j], actor, normalise, noise[:, j], self.segment)
-
-    def _finish(self) -> Segment:
-        s = self.segment
-        s.episodes = self._tracker.add(s.rewards, s.terminated | s.truncated)
-        return s
+    def step(self, actions: np.ndarray) -> StepResult:
+        self.step_async(actions)
+        return self.step_wait()
 
     def get_state(self) -> dict[str, Any]:
         """The environments' states and the unfinished episodes' running returns and lengths."""
@@ -251,53 +182,78 @@ class SyncVecEnv:
             set_env_state(env, env_state)
         self._tracker.load_state_dict(state["tracker"])
 
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start stepping with `actions`; the caller may work until `step_wait`."""
+        self._actions = actions
+
+    def step_wait(self) -> StepResult:
+        final_obs: dict[int, np.ndarray] = {}
+        self._step_local(final_obs)
+        return self._result(final_obs)
+
+    def _step_local(self, final_obs: dict[int, np.ndarray]) -> None:
+        """Step this process's environments (self.envs, indices 0, 1, ...) into the step arrays."""
+        for i, env in enumerate(self.envs):
+            obs, self._rewards[i], terminated, truncated, _ = env.step(self._actions[i])
+            if terminated or truncated:
+                final_obs[i] = np.asarray(obs, dtype=np.float64)
+                obs, _ = env.reset()
+            self._obs[i] = obs
+            self._terminated[i], self._truncated[i] = terminated, truncated
+
+    def _result(self, final_obs: dict[int, np.ndarray]) -> StepResult:
+        """The step's StepResult; final_obs has an entry for every environment whose episode ended."""
+        episodes = self._tracker.add(self._rewards, final_obs)
+        return StepResult(self._obs, self._rewards, self._terminated, self._truncated, final_obs, episodes)
+
     def close(self) -> None:
         for env in self.envs:
             env.close()
 
 
-def _dims(observation_space: gym.Space, action_space: gym.Space) -> tuple[int, int]:
-    """(obs_dim, act_dim) of a Segment; a Discrete action takes one column."""
-    act_dim = 1 if isinstance(action_space, gym.spaces.Discrete) else int(np.prod(action_space.shape))
-    return int(np.prod(observation_space.shape)), act_dim
-
-
-# Worker protocol (see trpo_lab/workers.py): the parent writes a command into
-# shared memory and releases the worker's `go`; for a rollout it then sends the
-# actor, the normaliser, the start observations and the noise of the worker's
-# environments on the pipe. The worker carries the command out, writes its
-# results into the shared Segment and its status into shared memory, and
-# releases `done`. One handover per rollout, not per step: the environments
-# run through their T steps without waiting for each other. The pipe also
-# carries environment states for exact resume, and error messages.
-_COLLECT, _RESET, _GET_STATE, _SET_STATE, _CLOSE = range(5)
+# Worker protocol (see trpo_lab/workers.py): the parent writes a command, and
+# for a step the actions, into shared memory and releases the worker's `go`;
+# the worker carries it out, writes its results and status into shared memory
+# and releases `done`. Nothing is pickled and no system call is made per step.
+# The pipe carries environment states for exact resume, and error messages.
+_STEP, _RESET, _GET_STATE, _SET_STATE, _CLOSE = range(5)
 _OK, _FAILED = 0, 1
 
 
 class _SharedArrays:
-    """A Segment in shared memory, and control [W, 3] = (command, status, argument) (int64) per worker."""
+    """What the parent and the workers exchange, in shared memory.
 
-    def __init__(self, ctx, steps: int, n: int, obs_dim: int, act_dim: int, n_workers: int):
-        self.shapes = {**Segment.shapes(steps, n, obs_dim, act_dim), "control": (n_workers, 3)}
-        self.types = {**Segment.TYPES, "control": np.int64}
-        ctypes = {np.float64: "d", np.bool_: "b", np.int64: "q"}
-        self.raw = {name: ctx.RawArray(ctypes[self.types[name]], int(np.prod(shape)))
+    Per environment: actions [N, act_dim] (float64; a Discrete action is
+    stored as a float), obs and final_obs [N, obs_dim] (float64), rewards [N]
+    (float64), terminated and truncated [N] (bool). The parent's step arrays
+    are these (its own environments write into them too), so a step copies
+    nothing. Per worker: control [W, 3] = (command, status, argument) (int64).
+    """
+
+    TYPES = {"actions": ("d", np.float64), "obs": ("d", np.float64), "final_obs": ("d", np.float64),
+             "rewards": ("d", np.float64), "terminated": ("b", np.bool_), "truncated": ("b", np.bool_),
+             "control": ("q", np.int64)}
+
+    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int, n_workers: int):
+        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim),
+                       "rewards": (n,), "terminated": (n,), "truncated": (n,), "control": (n_workers, 3)}
+        self.raw = {name: ctx.RawArray(self.TYPES[name][0], int(np.prod(shape)))
                     for name, shape in self.shapes.items()}
 
-    def views(self) -> tuple[Segment, np.ndarray]:
-        arrays = {name: np.frombuffer(raw, dtype=self.types[name]).reshape(self.shapes[name])
-                  for name, raw in self.raw.items()}
-        control = arrays.pop("control")
-        return Segment(**arrays), control
+    def views(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(raw, dtype=self.TYPES[name][1]).reshape(self.shapes[name])
+                for name, raw in self.raw.items()}
 
 
 def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, go, done,
             remote, parent_remote, parent_pid: int) -> None:
-    """Worker w: runs the environments env_ids on command (see the protocol above)."""
+    """Worker w: steps the environments env_ids on command (see the protocol above)."""
     parent_remote.close()
     workers.blas_threads(1)
-    segment, control = shared.views()
-    control = control[w]
+    arrays = shared.views()
+    actions, obs_out, final_out = arrays["actions"], arrays["obs"], arrays["final_obs"]
+    rewards, terminated_out, truncated_out = arrays["rewards"], arrays["terminated"], arrays["truncated"]
+    control = arrays["control"][w]
     envs: list[gym.Env] = []
     try:
         try:
@@ -309,19 +265,25 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
             return
         finally:
             done.release()  # ready (or failed): the parent waits for this before its first command
+        discrete = isinstance(envs[0].action_space, gym.spaces.Discrete)
         wait_go = workers.Waiter(go, alive=workers.parent_alive(parent_pid))
         while True:
             wait_go.wait()  # EOFError when the parent is gone
             command = int(control[0])
             try:
-                if command == _COLLECT:
-                    actor, normalise, obs, noise = pickle.loads(remote.recv_bytes())
-                    for k, (j, env) in enumerate(zip(env_ids, envs)):
-                        _act_in_env(env, j, obs[k], actor, normalise, noise[:, k], segment)
+                if command == _STEP:
+                    for j, env in zip(env_ids, envs):
+                        obs, reward, terminated, truncated, _ = env.step(
+                            int(actions[j, 0]) if discrete else actions[j].copy())
+                        if terminated or truncated:
+                            final_out[j] = obs
+                            obs, _ = env.reset()
+                        obs_out[j] = obs
+                        rewards[j], terminated_out[j], truncated_out[j] = reward, terminated, truncated
                 elif command == _RESET:
                     for j, env in zip(env_ids, envs):
                         env.action_space.seed(int(control[2]) + j)
-                        segment.next_obs[j] = env.reset(seed=int(control[2]) + j)[0]
+                        obs_out[j] = env.reset(seed=int(control[2]) + j)[0]
                 elif command == _GET_STATE:
                     remote.send_bytes(pickle.dumps([get_env_state(env) for env in envs]))
                 elif command == _SET_STATE:
@@ -347,7 +309,7 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
 def _worker_groups(n_envs: int, n_workers: int | None) -> list[list[int]]:
     """Environment indices per process: [this process's, worker 0's, ...], contiguous.
 
-    By default one worker per core beyond the first, the parent running a
+    By default one worker per core beyond the first, the parent stepping a
     share itself: on 2 cores, 2 environments are 1 in the parent and 1 in a worker.
     """
     if n_workers is None:
@@ -360,27 +322,35 @@ def _worker_groups(n_envs: int, n_workers: int | None) -> list[list[int]]:
 
 
 class SubprocVecEnv(SyncVecEnv):
-    """N environments run in parallel: a share in this process, the rest in worker processes.
+    """N environments stepped in parallel: a share in this process, the rest in worker processes.
 
-    `collect` hands each worker the rollout's actor, normaliser and noise,
-    runs this process's environments, then waits for the workers. The numbers
+    `step_async` hands the workers their actions; `step_wait` steps this
+    process's environments, then collects the workers' results. The numbers
     are those of `SyncVecEnv` with the same seed (tests/test_vec_env.py).
     """
 
-    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int, steps: int, n_workers: int | None = None):
+    def __init__(self, cfg: EnvConfig, n_envs: int, seed: int, n_workers: int | None = None):
         groups = _worker_groups(n_envs, n_workers)
         self.envs = [make_env(cfg) for _ in groups[0]]  # fail here, with a clear message, rather than in a worker
         probe = self.envs[0] if self.envs else make_env(cfg)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         if not self.envs:
             probe.close()
-        self.num_envs, self.seed, self.steps = n_envs, seed, steps
+        self.num_envs, self.seed = n_envs, seed
         self._tracker = _EpisodeTracker(n_envs)
         self._groups = groups
+        self._remote_from = k = len(groups[0])  # environments [k, N) live in workers
         ctx = workers.context()
-        shared = _SharedArrays(ctx, steps, n_envs, *_dims(self.observation_space, self.action_space),
-                               len(groups) - 1)
-        self.segment, self._control = shared.views()  # this process's environments write into it too
+        act_dim = 1 if isinstance(self.action_space, gym.spaces.Discrete) else int(np.prod(self.action_space.shape))
+        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim, len(groups) - 1)
+        self._shared = shared.views()
+        self._control = self._shared["control"]
+        self._command_sent: int | None = None
+        # The step arrays are the shared ones: this process's environments write into them too.
+        self._obs = self._shared["obs"].reshape(n_envs, *self.observation_space.shape)
+        self._rewards, self._terminated, self._truncated = (self._shared[k] for k in
+                                                            ("rewards", "terminated", "truncated"))
+        self._remote_actions = self._shared["actions"][k:]
         self.remotes, self.processes, self._go, self._done = [], [], [], []
         for w, env_ids in enumerate(groups[1:]):
             remote, work_remote = ctx.Pipe()
@@ -400,8 +370,10 @@ class SubprocVecEnv(SyncVecEnv):
             raise
 
     def _command(self, command: int, argument: int = 0) -> None:
-        self._control[:, 0] = command
-        self._control[:, 2] = argument
+        if command != _STEP or self._command_sent != _STEP:  # a step repeats the last one: nothing to write
+            self._control[:, 0] = command
+            self._control[:, 2] = argument
+            self._command_sent = command
         for go in self._go:
             go.release()
 
@@ -424,18 +396,6 @@ class SubprocVecEnv(SyncVecEnv):
 
     def _worker_envs(self, w: int) -> str:
         return ", ".join(map(str, self._groups[w + 1]))
-
-    def collect(self, actor, normalise: "Normalise", noise: np.ndarray, obs: np.ndarray) -> Segment:
-        self._command(_COLLECT)
-        try:
-            for pipe, env_ids in zip(self.remotes, self._groups[1:]):
-                pipe.send_bytes(pickle.dumps((actor, normalise, obs[env_ids], noise[:, env_ids])))
-        except (BrokenPipeError, ConnectionError):
-            self._wait_all()  # a worker died: this says which
-            raise
-        self._collect_local(actor, normalise, noise, obs)
-        self._wait_all()
-        return self._finish()
 
     def get_state(self) -> dict[str, Any]:
         self._command(_GET_STATE)
@@ -463,9 +423,23 @@ class SubprocVecEnv(SyncVecEnv):
         self._command(_RESET, self.seed)
         for i, env in enumerate(self.envs):
             env.action_space.seed(self.seed + i)
-            self.segment.next_obs[i] = env.reset(seed=self.seed + i)[0]
+            self._obs[i] = env.reset(seed=self.seed + i)[0]
         self._wait_all()
-        return self.segment.next_obs.copy()
+        return self._obs.copy()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+        self._remote_actions[:] = np.reshape(actions[self._remote_from:], self._remote_actions.shape)
+        self._command(_STEP)
+
+    def step_wait(self) -> StepResult:
+        final_obs: dict[int, np.ndarray] = {}
+        self._step_local(final_obs)
+        self._wait_all()
+        for i in range(self._remote_from, self.num_envs):
+            if self._terminated[i] or self._truncated[i]:
+                final_obs[i] = self._shared["final_obs"][i].reshape(self.observation_space.shape).copy()
+        return self._result(final_obs)
 
     def close(self) -> None:
         try:
@@ -479,9 +453,8 @@ class SubprocVecEnv(SyncVecEnv):
         super().close()
 
 
-def make_vec_env(cfg: EnvConfig, n_envs: int, seed: int, steps: int, kind: str = "sync") -> SyncVecEnv:
-    """`n_envs` environments of `cfg` that collect rollouts of `steps` steps each."""
-    return (SubprocVecEnv if kind == "subproc" else SyncVecEnv)(cfg, n_envs, seed, steps)
+def make_vec_env(cfg: EnvConfig, n_envs: int, seed: int, kind: str = "sync") -> SyncVecEnv:
+    return (SubprocVecEnv if kind == "subproc" else SyncVecEnv)(cfg, n_envs, seed)
 
 
 class RunningMeanStd:
@@ -493,6 +466,8 @@ class RunningMeanStd:
         self.count = 1e-4
 
     def update(self, batch: np.ndarray) -> None:
+        # Sums rather than batch.mean / batch.var: the same numbers without their
+        # Python-level overhead, which dominates for the per-step batch of N rows.
         n = batch.shape[0]
         batch_mean = np.add.reduce(batch, 0) / n
         diff = batch - batch_mean
@@ -530,57 +505,23 @@ class RunningMeanStd:
         self.mean, self.var, self.count = np.array(state["mean"]), np.array(state["var"]), float(state["count"])
 
 
-class Normalise:
-    """obs -> (obs - mean) / std, clipped to [-clip, clip], with statistics fixed when it was made.
-
-    What the policy sees during one rollout and afterwards, in the update: it
-    travels to the environment workers with the actor. Without statistics
-    (normalisation off), a float64 copy.
-    """
-
-    def __init__(self, mean: np.ndarray | None, std: np.ndarray | None, clip: float):
-        self.mean, self.std, self.clip = mean, std, clip
-
-    def __call__(self, obs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """obs [..., d] normalised into `out` (float64, a new array if None): four numpy calls,
-        out given positionally (keyword parsing costs a share of a call on arrays this small)."""
-        if out is None:
-            out = np.empty(np.shape(obs))
-        if self.mean is None:
-            np.copyto(out, obs)
-            return out
-        np.subtract(obs, self.mean, out)
-        np.divide(out, self.std, out)
-        np.minimum(out, self.clip, out=out)  # (np.minimum and np.maximum take out by keyword only)
-        np.maximum(out, -self.clip, out=out)
-        return out
-
-
 class ObsNormalizer:
-    """(obs - running mean) / running std, clipped; part of the policy's state.
-
-    The statistics change once per rollout, after it (`update` with all its
-    observations), so the behaviour policy is one fixed function for a whole
-    rollout, as it is for the update that follows.
-    """
+    """(obs - running mean) / running std, clipped; part of the policy's state."""
 
     def __init__(self, shape: tuple[int, ...], enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
         self.rms = RunningMeanStd(shape)
         self.enabled, self.clip, self.eps = enabled, clip, eps
 
-    def frozen(self) -> Normalise:
-        """The normalisation with the statistics as they are now."""
+    def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
         if not self.enabled:
-            return Normalise(None, None, self.clip)
-        return Normalise(self.rms.mean.reshape(-1).copy(), np.sqrt(self.rms.var + self.eps).reshape(-1), self.clip)
+            return obs
+        if update:
+            self.rms.update(obs)
+        return np.clip((obs - self.rms.mean) / np.sqrt(self.rms.var + self.eps), -self.clip, self.clip)
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        return self.frozen()(obs)
-
-    def update(self, obs: np.ndarray) -> None:
-        """Add observations [..., d] to the running statistics."""
-        if self.enabled:
-            self.rms.update(obs.reshape(-1, self.rms.mean.size))
+    def rollout(self) -> "RolloutNormalizer":
+        """Per-step updating and normalising for one rollout; call its `finish` at the end."""
+        return RolloutNormalizer(self)
 
     def state_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "clip": self.clip, **self.rms.state_dict()}
@@ -588,6 +529,91 @@ class ObsNormalizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.enabled, self.clip = bool(state["enabled"]), float(state["clip"])
         self.rms.load_state_dict(state)
+
+
+class RolloutNormalizer:
+    """`ObsNormalizer(obs, update=True)` step after step, with the statistics kept as sums.
+
+    The per-step update of `RunningMeanStd` is a dozen small numpy calls; here
+    it is four. Anchored at the mean m0, variance v0 and count c0 at the start
+    of the rollout: with y = x - m0 for every row x seen since, S = sum y,
+    Q = v0 c0 + sum y^2 and c = c0 + rows, the running statistics are
+    mean = m0 + S / c and var = Q / c - (S / c)^2, the pooled statistics the
+    sequential update computes (as `RunningMeanStd.update_each` does), up to
+    rounding. `finish` writes them back into the normaliser.
+    """
+
+    def __init__(self, norm: ObsNormalizer):
+        self.norm, rms = norm, norm.rms
+        self.enabled = norm.enabled
+        d = rms.mean.size
+        self._anchor, self._count = rms.mean.reshape(-1).copy(), rms.count
+        self._sums = np.zeros(2 * d)  # [S, Q]
+        self._sums[d:] = rms.var.reshape(-1) * rms.count
+        self._rows = np.empty((0, 2 * d))  # [n, 2d]: y and y^2 of the latest step
+        self._row_sums = np.empty(2 * d)
+        self._scaled = np.empty(2 * d)      # [S / c, Q / c]
+        self._mean_offset, self._second = self._scaled[:d], self._scaled[d:]
+        self._std = np.empty(d)
+        self._d = d
+
+    def step(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Add obs [n, d] to the statistics, then write obs normalised with them into `out` [n, d].
+
+        Called once per environment step: every numpy call writes into an array
+        kept from the last call (out given positionally: keyword parsing costs
+        a measurable share of a call on arrays this small).
+        """
+        if not self.enabled:
+            np.copyto(out, obs)
+            return out
+        if obs.ndim != 2:
+            obs = obs.reshape(obs.shape[0], self._d)
+        rows = self._rows
+        if rows.shape[0] != obs.shape[0]:
+            rows = self._rows = np.empty((obs.shape[0], 2 * self._d))
+            self._y, self._y2 = rows[:, :self._d], rows[:, self._d:]
+        y = self._y
+        np.subtract(obs, self._anchor, y)
+        np.multiply(y, y, self._y2)
+        np.add.reduce(rows, 0, None, self._row_sums)
+        np.add(self._sums, self._row_sums, self._sums)
+        self._count += obs.shape[0]
+        self._update_std()
+        return self._normalise(y, out)
+
+    def normalise(self, obs: np.ndarray) -> np.ndarray:
+        """obs [n, d] normalised with the statistics so far, without adding it (float64)."""
+        if not self.enabled:
+            return np.array(obs, dtype=np.float64)
+        return self._normalise(obs - self._anchor, np.empty(obs.shape))
+
+    def _update_std(self) -> None:
+        std, mean_offset = self._std, self._mean_offset
+        np.multiply(self._sums, 1.0 / self._count, self._scaled)  # [S/c, Q/c]
+        np.multiply(mean_offset, mean_offset, std)
+        np.subtract(self._second, std, std)                       # var = Q/c - (S/c)^2
+        np.add(std, self.norm.eps, std)
+        np.sqrt(std, std)
+
+    def _normalise(self, y: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """(y - S/c) / std, clipped, into out: y is obs - m0, so this is (obs - mean) / std."""
+        np.subtract(y, self._mean_offset, out)
+        np.divide(out, self._std, out)
+        np.minimum(out, self.norm.clip, out=out)  # (np.minimum and np.maximum take out by keyword only)
+        np.maximum(out, -self.norm.clip, out=out)
+        return out
+
+    def finish(self) -> None:
+        """Write the statistics back into the normaliser's RunningMeanStd."""
+        if not self.enabled:
+            return
+        rms, d = self.norm.rms, self._d
+        mean_offset, second = self._sums[:d] / self._count, self._sums[d:] / self._count
+        shape = rms.mean.shape
+        rms.mean = (self._anchor + mean_offset).reshape(shape)
+        rms.var = (second - mean_offset * mean_offset).reshape(shape)
+        rms.count = float(self._count)
 
 
 class RewardScaler:

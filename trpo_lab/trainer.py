@@ -25,8 +25,7 @@ from trpo_lab.checkpoint import save_checkpoint
 from trpo_lab.config import Config, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
 from trpo_lab.loggers import RunLogger
-from trpo_lab.actor import NumpyActor
-from trpo_lab.policies import Policy, ValueNet, make_policy
+from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
 from trpo_lab.trpo import UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
 
@@ -115,34 +114,50 @@ def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, 
             rng: np.random.Generator, episodes: deque) -> np.ndarray:
     """Fill `rollout` by acting with `actor`; returns the observation to continue from.
 
-    The policy, its observation normaliser included, is one fixed function for
-    the whole rollout; the normaliser takes the rollout's observations into its
-    statistics afterwards, for the next one. So the environments run through
-    the rollout independently (in parallel with vec_env=subproc), and what the
-    policy saw is normalised again here in one batch, with the same numbers.
+    The per-step path writes into preallocated arrays; what can wait for the
+    whole rollout (the finiteness checks, reward scaling) does.
     """
+    box = isinstance(venv.action_space, gym.spaces.Box)
+    rollout.truncations = []
     noise, logp = actor.noise(rng, *rollout.behaviour_logp.shape)
-    normalise = agent.obs_norm.frozen()
-    segment = venv.collect(actor, normalise, noise, obs)
-    ends = segment.terminated | segment.truncated
-    cut = np.argwhere(segment.truncated & ~segment.terminated)  # (t, env) of time-limit cuts, in step order
-    finals = segment.final_obs[cut[:, 0], cut[:, 1]]
-    # A non-finite observation makes the actions after it non-finite too, so
-    # checking the observations and rewards covers the rollout.
-    if not (np.isfinite(segment.obs).all() and np.isfinite(segment.next_obs).all()
-            and np.isfinite(segment.rewards).all() and np.isfinite(finals).all()):
+    if logp is not None:
+        rollout.behaviour_logp[:] = logp
+    if box:
+        low, high = venv.action_space.low, venv.action_space.high
+        clipped = np.empty(rollout.actions.shape[1:])
+    norm = agent.obs_norm.rollout()
+    obs_n = np.empty(rollout.obs.shape[1:])  # float64, as the actor computes; stored as float32
+    for t in range(rollout.obs.shape[0]):
+        norm.step(obs, obs_n)
+        rollout.obs[t] = obs_n
+        actions, step_logp = actor.sample(obs_n, noise[t])
+        if step_logp is not None:
+            rollout.behaviour_logp[t] = step_logp
+        rollout.actions[t] = actions
+        if box:
+            np.minimum(actions, high, out=clipped)
+            venv.step_async(np.maximum(clipped, low, out=clipped))
+        else:
+            venv.step_async(actions)
+        step = venv.step_wait()
+        rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
+        rollout.terminated[t] = step.terminated
+        np.logical_or(step.terminated, step.truncated, rollout.episode_ends[t])
+        for i, final in step.final_obs.items():
+            if step.truncated[i] and not step.terminated[i]:
+                rollout.truncations.append((t, i, norm.normalise(final[None])[0]))
+        if step.episodes:
+            episodes.extend(step.episodes)
+        obs = step.obs  # the vector env's buffer: read (by norm.step) before the next step rewrites it
+    norm.finish()
+    # A non-finite observation makes every normalised one after it non-finite
+    # (the running sums hold it), so checking the stored ones covers them all.
+    if not (np.isfinite(rollout.obs).all() and np.isfinite(obs).all() and np.isfinite(rollout.rewards).all()
+            and all(np.isfinite(f).all() for _, _, f in rollout.truncations)):
         raise DivergedError("the environment returned a non-finite observation or reward")
-    rollout.obs[:] = normalise(segment.obs)
-    rollout.actions[:] = segment.actions.reshape(rollout.actions.shape)
-    rollout.behaviour_logp[:] = segment.logp if logp is None else logp
-    rollout.rewards[:] = agent.reward_scaler(segment.rewards, ends)
-    rollout.terminated[:] = segment.terminated
-    rollout.episode_ends[:] = ends
-    rollout.truncations = [(int(t), int(i), f) for (t, i), f in zip(cut, normalise(finals))]
-    rollout.last_obs = normalise(segment.next_obs).astype(np.float32)
-    agent.obs_norm.update(segment.obs)
-    episodes.extend(segment.episodes)
-    return segment.next_obs.copy()
+    rollout.rewards[:] = agent.reward_scaler(rollout.rewards, rollout.episode_ends)
+    rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
+    return obs.copy()
 
 
 def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam: float
@@ -178,13 +193,12 @@ def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: 
     """Return of one deterministic episode from env.reset(seed=seed); with `frames`,
     appends env.render() after the reset and after every step."""
     box = isinstance(env.action_space, gym.spaces.Box)
-    normalise = obs_norm.frozen()
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
     if frames is not None:
         frames.append(env.render())
     while not done:
-        action = actor.deterministic(normalise(np.asarray(obs, dtype=np.float64)[None]))[0]
+        action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
         if box:
             action = np.clip(action, env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, _ = env.step(action)
@@ -236,9 +250,9 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     rng = np.random.default_rng(tc.seed)
     generator = torch.Generator().manual_seed(tc.seed)
 
-    T, N = steps_per_env(tc), tc.n_envs
-    venv = make_vec_env(cfg.env, N, tc.seed, T, tc.vec_env)
+    venv = make_vec_env(cfg.env, tc.n_envs, tc.seed, tc.vec_env)
     agent = build_agent(cfg, venv.observation_space, venv.action_space)
+    T, N = steps_per_env(tc), tc.n_envs
     if tc.vec_env == "subproc":  # the critic fit runs beside the policy update
         agent.value_fitter.use_worker(T * N, pc.value_epochs)
     rollout = Rollout.allocate(T, N, agent.policy.net[0].in_features, venv.action_space)
