@@ -97,3 +97,23 @@ def test_typed_schema_rejects_mistyped_key_and_wrong_type():
         _compose("trpo.deltaa=0.1")
     with pytest.raises(Exception, match="cg_iters"):
         _compose("trpo.cg_iters=lots")
+
+
+@pytest.mark.parametrize("override,key", [("+trpo.new=1", "trpo.new"), ("+trainer.totl_steps=5", "trainer.totl_steps"),
+                                          ("+logger.wandb.projct=x", "logger.wandb.projct"), ("+delta=0.1", "delta")])
+def test_added_key_the_schema_lacks_is_an_error_not_ignored(override, key):
+    # Hydra's + adds a key to the typed config; the typed object would drop it silently.
+    with pytest.raises(ConfigError) as err:
+        to_config(_compose(override))
+    assert str(err.value).startswith(f"{key} is not a setting"), err.value
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_setting_suggests_the_closest_key():
+    with pytest.raises(ConfigError, match=r"did you mean trainer\.total_steps\?"):
+        to_config(_compose("+trainer.totl_steps=5"))
+
+
+def test_free_form_kwargs_take_added_keys():
+    cfg = to_config(_compose("env=hopper", "+env.kwargs.frame_skip=5"))
+    assert cfg.env.kwargs == {"frame_skip": 5}

@@ -1,4 +1,5 @@
 """`python -m trpo_lab [overrides]`: compose the config with Hydra and train."""
+import difflib
 import os
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from trpo_lab.app import run
-from trpo_lab.config import register_configs
+from trpo_lab.config import register_configs, unknown_setting
 
 register_configs()
 _PACKAGE = Path(__file__).resolve().parent
@@ -45,13 +46,46 @@ def cli() -> None:
     except Exception as err:
         if user_wants_traces or _raised_in_trpo_lab(err):
             raise
-        message = str(err).strip()
-        if isinstance(err, CompactHydraException) and err.__cause__ is not None:
-            message += "\n" + str(err.__cause__).strip()
-        if not isinstance(err, CompactHydraException):
-            message = " ".join(message.split())
+        message = _one_line_message(err)
+        if message is None:
+            message = str(err).strip()
+            if isinstance(err, CompactHydraException) and err.__cause__ is not None:
+                message += "\n" + str(err.__cause__).strip()
+            if not isinstance(err, CompactHydraException):
+                message = " ".join(message.split())
         print(f"trpo_lab: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _one_line_message(err: BaseException) -> str | None:
+    """One line for the command-line mistakes Hydra reports in several; None for any other error.
+
+    - a key the config does not have (`trpo.deltaa=0.1`): Hydra's five lines end in
+      "Key 'deltaa' is not in struct". OmegaConf's error carries the key and the
+      node it was looked up in, which lists the keys there are.
+    - a value of the wrong type (`trpo.cg_iters=many`): the key and OmegaConf's reason.
+    - a group option that does not exist (`env=nosuchenv`): the options there are.
+    """
+    from hydra.errors import MissingConfigException
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, option = str(err.missing_cfg_file).rpartition("/")
+        close = difflib.get_close_matches(option, err.options, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(f'{group}={o}' for o in close)}? " if close else ""
+        return f"{group}={option} is not an option; {hint}the options for {group} are {', '.join(err.options)}"
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and isinstance(cause.parent_node, DictConfig) \
+            and cause.full_key:
+        full_key = str(cause.full_key)
+        if OmegaConf.get_type(cause.parent_node) is dict:  # free-form (env.kwargs): new keys come with +
+            return f"{full_key} is not set yet; add it with a leading +: +{full_key}=..."
+        known = [str(k) for k in cause.parent_node.keys() if "." in full_key or k != "hydra"]
+        return unknown_setting(full_key, known)
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None) and getattr(cause, "msg", None):
+        return f"{cause.full_key}: {str(cause.msg).strip().splitlines()[0]}"
+    return None
 
 
 if __name__ == "__main__":

@@ -53,9 +53,14 @@ def _check_output_dir(key: str, path: str) -> None:
 
 
 class OutputDirCheck(Callback):
-    """Checks the output directory before Hydra creates it (its own failure is a traceback)."""
+    """Checks the output directory before Hydra creates it (its own failure is a traceback),
+    and in a single run the config too, so a bad one leaves no directory behind."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            validate(to_config(config))
+        except (ConfigError, EnvError) as err:
+            _fail(f"error: {err}", 2)
         _check_output_dir("hydra.run.dir", config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:

@@ -8,9 +8,11 @@ built. Derived sizes live in `steps_per_env` and friends, never as stored fields
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -141,12 +143,47 @@ OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
-    """The typed object behind a composed DictConfig (extra top-level nodes dropped)."""
+    """The typed object behind a composed DictConfig (Hydra's own `hydra` node dropped).
+
+    Raises ConfigError for a key the schema does not have: Hydra lets `+trpo.new=1`
+    add one, and the typed object would silently leave it out.
+    """
     if isinstance(cfg, Config):
         return cfg
-    known = {k: cfg[k] for k in ("env", "network", "trpo", "trainer", "logger", "trial") if k in cfg}
-    merged = OmegaConf.merge(OmegaConf.structured(Config), known)
+    schema = OmegaConf.structured(Config)
+    unknown = next(_unknown_keys(cfg, schema, Config, ""), None)
+    if unknown is not None:
+        raise ConfigError(unknown_setting(*unknown))
+    merged = OmegaConf.merge(schema, {k: cfg[k] for k in cfg if k != "hydra"})
     return OmegaConf.to_object(merged)
+
+
+def _unknown_keys(node: DictConfig, schema: DictConfig, cls: type, prefix: str):
+    """(full key, the keys there are) for each key of `node` that dataclass `cls` lacks, depth first.
+
+    Free-form dicts in the schema (env.kwargs) take any key.
+    """
+    fields = [f.name for f in dataclasses.fields(cls)]
+    for key in node.keys():
+        if not prefix and key == "hydra":
+            continue
+        if key not in fields:
+            yield prefix + str(key), fields
+            continue
+        child_cls = OmegaConf.get_type(schema, key)
+        if dataclasses.is_dataclass(child_cls) and isinstance(node[key], DictConfig):
+            yield from _unknown_keys(node[key], schema[key], child_cls, f"{prefix}{key}.")
+
+
+def unknown_setting(full_key: str, known: Iterable[str]) -> str:
+    """The message for a key the config does not have: the closest ones, and all there are."""
+    known = list(known)
+    prefix, _, key = full_key.rpartition(".")
+    prefix = prefix + "." if prefix else ""
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(prefix + k for k in close)}? " if close else ""
+    where = f"in {prefix[:-1]}" if prefix else "at the top level"
+    return f"{full_key} is not a setting; {hint}the settings {where} are {', '.join(known)}"
 
 
 def steps_per_env(trainer: TrainerConfig) -> int:
