@@ -67,6 +67,7 @@ class SweepError(RuntimeError):
 @dataclass
 class _OpenTrial:
     trial: optuna.trial.Trial
+    trial_id: int  # the storage's id of the trial (Optuna's public API has only the number)
     overrides: list[str]
     pending: deque = field(default_factory=deque)  # seed indices not started yet
     running: int = 0
@@ -97,6 +98,8 @@ class TrpoOptunaSweeperImpl:
         self.budget_lock: Optional[BudgetLock] = None
         self.job_base, self.job_stride = 0, 1
         self._seen_trials = 0  # trials in the study after this sweeper's last ask
+        self.storage: Optional[optuna.storages.BaseStorage] = None  # the study's, from _open_study
+        self.study_id: Optional[int] = None
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
@@ -179,6 +182,9 @@ class TrpoOptunaSweeperImpl:
                                         directions=self.directions, load_if_exists=True)
         except ValueError as err:
             raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
+        # Trial user attributes are written by trial id through the storage, which Optuna's
+        # Study and Trial keep private: the sweeper keeps its own handles.
+        self.storage, self.study_id = storage, storage.get_study_id_from_name(self.study_name)
         # A seeded sampler restarted on resume would propose the first run's points again:
         # offset its seed by the trials the study already holds (still repeatable).
         self._seen_trials = len(study.get_trials(deepcopy=False))
@@ -217,6 +223,10 @@ class TrpoOptunaSweeperImpl:
                              f"{self.job_stride}, which fixes its job numbering; keep it at most that, or pick "
                              "another hydra.sweeper.study_name")
 
+    def _trial_id(self, number: int) -> int:
+        """The storage's id of trial `number` of the study."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
     def _job_number(self, number: int, seed: int) -> int:
         return self.job_base + number * self.job_stride + seed
 
@@ -248,18 +258,20 @@ class TrpoOptunaSweeperImpl:
             if why is None:
                 live += 1
             else:
-                _fail_interrupted(study, t.number, t._trial_id, t.params, f"stale: {why}")
+                _fail_interrupted(study, self.storage, t.number, self._trial_id(t.number), t.params,
+                                  f"stale: {why}")
         return live
 
     def _release_own(self, study: optuna.Study, open_trials: dict[int, "_OpenTrial"], why: str) -> None:
         """Fail this sweeper's open trials as interrupted and re-queue them (other sweepers' are theirs)."""
         for ot in list(open_trials.values()):
-            _fail_interrupted(study, ot.trial.number, ot.trial._trial_id, ot.trial.params, why)
-            self.heartbeat.remove(ot.trial._trial_id)
+            _fail_interrupted(study, self.storage, ot.trial.number, ot.trial_id, ot.trial.params, why)
+            self.heartbeat.remove(ot.trial_id)
 
     def _ask(self, study: optuna.Study, space: SearchSpace, n_trials: int
-             ) -> tuple[Optional[optuna.trial.Trial], int]:
-        """A new trial if the study has room, under the budget lock: (trial or None, others' live trials).
+             ) -> tuple[Optional[optuna.trial.Trial], Optional[int], int]:
+        """A new trial if the study has room, under the budget lock: (trial or None, its storage id,
+        others' live trials).
 
         Room: finished trials (interrupted ones excepted) + live RUNNING trials of every
         sweeper < n_trials. Holding the lock while counting and asking makes the total exact.
@@ -269,10 +281,10 @@ class TrpoOptunaSweeperImpl:
             live = self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             mine = self.heartbeat.ids()
-            others = sum(t.state == TrialState.RUNNING and t._trial_id not in mine for t in trials)
+            others = sum(t.state == TrialState.RUNNING and self._trial_id(t.number) not in mine for t in trials)
             used = sum(counts_toward_budget(t) for t in trials) + live
             if used >= n_trials:
-                return None, others
+                return None, None, others
             n = len(trials)
             if n != self._seen_trials and self._reseedable():
                 # Another sweeper asked since our last ask: a seeded sampler would propose the
@@ -280,10 +292,11 @@ class TrpoOptunaSweeperImpl:
                 study.sampler = self._sampler(space, seed_offset=n)
             trial = study.ask(space.distributions)
             self._seen_trials = n if trial.number < n else n + 1  # a re-queued trial adds none
-            study._storage.set_trial_user_attr(trial._trial_id, OWNER, self.owner)
-            study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
-            self.heartbeat.add(trial._trial_id)
-            return trial, others
+            trial_id = self._trial_id(trial.number)
+            self.storage.set_trial_user_attr(trial_id, OWNER, self.owner)
+            self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+            self.heartbeat.add(trial_id)
+            return trial, trial_id, others
 
     # ---- the scheduling loop -------------------------------------------------------------
     def _slots(self) -> tuple[int, bool]:
@@ -324,11 +337,11 @@ class TrpoOptunaSweeperImpl:
                 others = 0
                 while running < slots and stop_reason is None:
                     if not waiting:
-                        trial, others = self._ask(study, space, n_trials)
+                        trial, trial_id, others = self._ask(study, space, n_trials)
                         if trial is None:
                             break
                         overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-                        open_trials[trial.number] = _OpenTrial(trial, overrides)
+                        open_trials[trial.number] = _OpenTrial(trial, trial_id, overrides)
                         waiting.extend((trial.number, i) for i in range(self.seeds_per_trial))
                     number, seed = waiting.popleft()
                     ot = open_trials.get(number)
@@ -336,16 +349,16 @@ class TrpoOptunaSweeperImpl:
                         continue
                     job_num = self._job_number(number, seed)
                     try:
-                        study._storage.set_trial_user_attr(ot.trial._trial_id, JOB_ATTR.format(seed), job_num)
+                        self.storage.set_trial_user_attr(ot.trial_id, JOB_ATTR.format(seed), job_num)
                     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another sweeper
                         log.warning("trial %d was finished elsewhere; not starting its seed %d", number, seed)
                         ot.doomed = "failed"
                         if ot.running == 0:
                             del open_trials[number]
-                            self.heartbeat.remove(ot.trial._trial_id)
+                            self.heartbeat.remove(ot.trial_id)
                         continue
                     job = base_args + ot.overrides + self._trial_overrides(
-                        storage_url, ot.trial, seed, base_seed, tags)
+                        storage_url, ot, seed, base_seed, tags)
                     ot.running += 1
                     running += 1
                     log.info("trial %d seed %d -> job %d: %s", number, seed, job_num, " ".join(ot.overrides))
@@ -369,13 +382,13 @@ class TrpoOptunaSweeperImpl:
                 running -= 1
                 ot = open_trials[number]
                 ot.running -= 1
-                ot.results[seed] = self._seed_outcome(study, ot.trial._trial_id, seed, outcome)
+                ot.results[seed] = self._seed_outcome(ot.trial_id, seed, outcome)
                 if ot.results[seed]["status"] in ("pruned", "failed") and not ot.doomed:
                     ot.doomed = ot.results[seed]["status"]
                 if ot.running == 0 and (ot.doomed or len(ot.results) == self.seeds_per_trial):
                     self._tell(study, ot)
                     del open_trials[number]
-                    self.heartbeat.remove(ot.trial._trial_id)
+                    self.heartbeat.remove(ot.trial_id)
                     failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL
                                    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
                     if failures > self.max_failure_rate * n_trials and stop_reason is None:
@@ -394,14 +407,15 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
         return study.get_trials(deepcopy=False)
 
-    def _trial_overrides(self, storage_url: str, trial: optuna.trial.Trial, seed: int, base_seed: int,
+    def _trial_overrides(self, storage_url: str, ot: _OpenTrial, seed: int, base_seed: int,
                          tags: list[str]) -> list[str]:
         """The `trial` node, the seed and the wandb grouping that tie a job to its trial."""
+        trial = ot.trial
         return [
             f"trial.storage={override_value(storage_url)}",
             f"trial.study={override_value(self.study_name)}",
             f"trial.number={trial.number}",
-            f"trial.id={trial._trial_id}",
+            f"trial.id={ot.trial_id}",
             f"trial.seed_index={seed}",
             f"trial.seeds={self.seeds_per_trial}",
             f"trainer.seed={base_seed + seed}",
@@ -418,7 +432,7 @@ class TrpoOptunaSweeperImpl:
                 raise  # Ctrl-C during an in-process (basic launcher) job: the sweep stops and resumes later
             done.put((number, seed, err))
 
-    def _seed_outcome(self, study: optuna.Study, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
+    def _seed_outcome(self, trial_id: int, seed: int, outcome: Any) -> dict[str, Any]:
         """{"status": completed/pruned/failed, "values": [...], "error": ...} of one seed's job."""
         if isinstance(outcome, BaseException):
             first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
@@ -428,7 +442,7 @@ class TrpoOptunaSweeperImpl:
         if outcome.status != JobStatus.COMPLETED:
             err = outcome._return_value
             return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        record = study._storage.get_trial(trial_id).user_attrs.get(seed_attr(seed))
+        record = self.storage.get_trial(trial_id).user_attrs.get(seed_attr(seed))
         if record is None:  # a task function that does not report: its return value is the objective
             if len(self.objectives) > 1:
                 return {"status": "failed", "error": "the job recorded no summary for a multi-objective study"}
@@ -445,24 +459,24 @@ class TrpoOptunaSweeperImpl:
         try:
             return self._tell_outcome(study, ot)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            if not study._storage.get_trial(ot.trial._trial_id).state.is_finished():
+            if not self.storage.get_trial(ot.trial_id).state.is_finished():
                 raise
             log.warning("trial %d was already finished elsewhere (failed as stale?); its runs' outputs stay "
                         "in their folders", ot.trial.number)
             return None
 
     def _tell_outcome(self, study: optuna.Study, ot: _OpenTrial) -> TrialState:
-        tid, number = ot.trial._trial_id, ot.trial.number
+        tid, number = ot.trial_id, ot.trial.number
         results = [ot.results[s] for s in sorted(ot.results)]
         errors = [r["error"] for r in results if r["status"] == "failed"]
         if errors and all(r.get("launcher") for r in results if r["status"] == "failed") \
                 and ot.trial.user_attrs.get(RETRY_OF) is None:
             # The launcher lost the job (a killed worker or node; joblib then loses every job of
             # its pool): not the trial's fault, so it is re-run once, like an interrupted one.
-            _fail_interrupted(study, number, tid, ot.trial.params, "; ".join(errors))
+            _fail_interrupted(study, self.storage, number, tid, ot.trial.params, "; ".join(errors))
             return TrialState.FAIL
         if errors:
-            study._storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
+            self.storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
             _tell_study(study, number, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", number, "; ".join(errors))
             return TrialState.FAIL
@@ -472,8 +486,8 @@ class TrpoOptunaSweeperImpl:
             return TrialState.PRUNED
         per_seed = [r["values"] for r in results]
         means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.objectives))]
-        study._storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
-                                                               for j, o in enumerate(self.objectives)})
+        self.storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
+                                                             for j, o in enumerate(self.objectives)})
         _tell_study(study, number, means)
         log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(self.objectives, means)))
         return TrialState.COMPLETE
@@ -520,8 +534,8 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _fail_interrupted(study: optuna.Study, number: int, trial_id: int, params: dict, why: str) -> None:
-    storage = study._storage
+def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, trial_id: int,
+                      params: dict, why: str) -> None:
     if storage.get_trial(trial_id).state != TrialState.RUNNING:
         return  # told just before the interruption: it stands as it is
     try:
