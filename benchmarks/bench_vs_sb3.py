@@ -381,6 +381,10 @@ def verdicts(results: list[dict]) -> list[str]:
         out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({text})")
     if by.get("trpo_lab-subproc") and by.get("trpo_lab"):
         ratio, text = speed("trpo_lab-subproc", "trpo_lab", ".2f")
+        if by.get("raw-parallel") and by.get("raw"):
+            # What two cores gave at the time with nothing shared: the ceiling of any two-process run.
+            ceiling, _ = speed("raw-parallel", "raw", ".2f")
+            text += f"; two independent raw processes: {ceiling:.2f}x of one"
         out.append(f"subproc >= 1.5x single process: {say(ratio >= 1.5)} ({text})")
     for kind in ("trpo_lab", "trpo_lab-subproc"):
         if by.get(kind):

@@ -64,3 +64,13 @@ def test_table_lists_runs_in_order_with_mean_and_best(bench):
     assert [row.split(" | ")[0] for row in rows] == ["| raw", "| raw-parallel", "| trpo_lab"]
     # Only the first trpo_lab run has a raw run to pair with.
     assert rows[2].startswith("| trpo_lab | 4,500 (5,000 / 4,000) | 5,000 | - | 71% | 1.00 |")
+
+
+def test_subproc_verdict_names_the_two_core_ceiling_of_the_same_repeats(bench):
+    runs = []
+    for raw, parallel, sync, subproc in [(6000, 8700, 4500, 5800), (5000, 7500, 3600, 4600), (4000, 6000, 3000, 3600)]:
+        runs += [_run("raw", raw), _run("raw-parallel", parallel), _run("trpo_lab", sync),
+                 _run("trpo_lab-subproc", subproc)]
+    (verdict,) = [v for v in bench.verdicts(runs) if v.startswith("subproc")]
+    assert verdict == ("subproc >= 1.5x single process: NOT met (1.28; median of 1.29 / 1.28 / 1.20; "
+                       "two independent raw processes: 1.50x of one)")
