@@ -78,6 +78,15 @@ def test_hydra_level_typos_are_one_line_exit_2_without_traceback(tmp_path, fast_
     assert not (tmp_path / "outputs").exists()
 
 
+def test_multirun_with_one_bad_value_runs_the_others_and_ends_in_one_line(tmp_path, fast_overrides):
+    sweep = tmp_path / "multi"
+    proc = run_cli("-m", *fast_overrides, "trpo.delta=-1,0.01", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "trpo_lab: error: a job failed: trpo.delta=-1.0 is invalid" in proc.stderr
+    assert json.loads((sweep / "1" / "summary.json").read_text())["status"] == "completed"  # the good job ran
+
+
 def test_sigterm_ends_run_as_interrupted_with_summary(tmp_path):
     import signal
     import subprocess

@@ -9,7 +9,9 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from trpo_lab.app import run
-from trpo_lab.config import register_configs, unknown_setting
+from trpo_lab.config import ConfigError, register_configs, unknown_setting
+from trpo_lab.envs import EnvError
+from trpo_lab.trainer import DivergedError
 
 register_configs()
 _PACKAGE = Path(__file__).resolve().parent
@@ -38,11 +40,20 @@ def cli() -> None:
     be a string") with a stack trace. HYDRA_FULL_ERROR=1 makes Hydra raise them
     to us instead; we print the message alone, unless the user set
     HYDRA_FULL_ERROR=1 themselves or the error came from trpo_lab's code.
+
+    A multirun job raises its bad config, unknown env or divergence (a single
+    run prints them itself, app.py); Hydra's basic sweeper re-raises the first
+    once every job has run: one line for it too, exit 2 (config) or 1.
     """
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except (ConfigError, EnvError, DivergedError) as err:
+        if user_wants_traces:
+            raise
+        print(f"trpo_lab: error: a job failed: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ConfigError) else 1)
     except Exception as err:
         if user_wants_traces or _raised_in_trpo_lab(err):
             raise
