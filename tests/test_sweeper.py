@@ -287,3 +287,44 @@ def test_grid_sampler_runs_each_point_once(tmp_path):
     trials = load_study(sweep_dir, "trpo_lab-CartPole-v1").trials
     assert sorted(t.params["network.activation"] for t in trials) == ["relu", "tanh"]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+class RayLauncher:
+    """Stands in for Hydra's Ray launcher (the sweeper recognises it by its class name)."""
+
+    def __init__(self, init: dict):
+        from omegaconf import OmegaConf
+
+        self.ray_cfg = OmegaConf.create({"init": init, "remote": {}})
+
+
+@pytest.mark.parametrize("init,expected", [
+    ({"address": "auto", "object_store_memory": None}, {"address": "auto", "object_store_memory": None}),
+    ({"address": None}, {"address": None, "object_store_memory": 78_643_200}),  # a local Ray: the launcher's store
+])
+def test_ray_is_initialised_once_before_jobs_launch_from_threads(monkeypatch, init, expected):
+    # The Ray launcher calls ray.init on its first launch; two threads launching at once
+    # both call it and the second fails, so the sweeper initialises Ray before them.
+    import types
+
+    from trpo_lab.sweeper.core import TrpoOptunaSweeperImpl
+
+    calls: list[dict] = []
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: bool(calls),
+                                                                  init=lambda **kw: calls.append(kw)))
+    sweeper = TrpoOptunaSweeperImpl.__new__(TrpoOptunaSweeperImpl)
+    sweeper.launcher = RayLauncher(init)
+    sweeper._start_ray_once()
+    sweeper._start_ray_once()
+    assert calls == [expected]
+    sweeper.launcher = object()  # any other launcher: Ray untouched
+    calls.clear()
+    sweeper._start_ray_once()
+    assert calls == []
+
+
+def test_ray_cluster_preset_leaves_the_object_store_to_the_cluster():
+    # Connecting to a running cluster, ray.init refuses an object store size, which the
+    # plugin would otherwise set.
+    preset = yaml.safe_load((REPO / "trpo_lab" / "conf" / "hydra" / "launcher" / "ray_cluster.yaml").read_text())
+    assert "object_store_memory" in preset["ray"]["init"] and preset["ray"]["init"]["object_store_memory"] is None

@@ -311,9 +311,27 @@ class TrpoOptunaSweeperImpl:
             log.warning("the basic launcher runs one job at a time; use hydra/launcher=joblib for n_jobs=%d", n)
         return (1, False) if basic else (max(1, int(n)), True)
 
+    def _start_ray_once(self) -> None:
+        """Initialise Ray here when Hydra's Ray launcher runs the jobs.
+
+        That launcher calls ray.init in `launch` unless Ray is running; jobs launched
+        from two threads at once both call it, and the second fails ("Perhaps you
+        called ray.init twice by accident?"), failing its trial.
+        """
+        if type(self.launcher).__name__ != "RayLauncher" or getattr(self.launcher, "ray_cfg", None) is None:
+            return
+        import ray
+
+        if not ray.is_initialized():
+            init = OmegaConf.to_container(self.launcher.ray_cfg.init, resolve=True) or {}
+            init.setdefault("object_store_memory", 78_643_200)  # the launcher's own default, for a local Ray
+            ray.init(**init)
+
     def _run(self, study: optuna.Study, storage_url: str, space: SearchSpace, base_args: list[str],
              sweep_dir: Path) -> list[optuna.trial.FrozenTrial]:
         slots, threaded = self._slots()
+        if threaded:
+            self._start_ray_once()
         n_trials = self.n_trials
         if isinstance(study.sampler, optuna.samplers.GridSampler):
             grid = math.prod(len(v) for v in _grid(space).values())
