@@ -38,7 +38,8 @@ def main() -> None:
     from torch.nn.utils import parameters_to_vector
 
     from trpo_lab.policies import GaussianPolicy
-    from trpo_lab.trpo import trpo_update
+    from trpo_lab.config import TRPOConfig
+    from trpo_lab.trpo import Batch, trpo_update
 
     torch.set_num_threads(1)
     s, act_dim = SETTINGS, action_dim(args.env)
@@ -70,8 +71,10 @@ def main() -> None:
                     ours.weight.copy_(theirs.weight)
                     ours.bias.copy_(theirs.bias)
                 policy.log_std.copy_(p.log_std)
-            trpo_update(policy, obs, actions, logp, adv, s["target_kl"] * scale, s["cg_max_steps"],
-                        s["cg_damping"] * scale, s["line_search_max_iter"], s["line_search_shrinking_factor"])
+            settings = TRPOConfig(delta=s["target_kl"] * scale, cg_iters=s["cg_max_steps"],
+                                  cg_damping=s["cg_damping"] * scale, backtrack_iters=s["line_search_max_iter"],
+                                  backtrack_coeff=s["line_search_shrinking_factor"])
+            trpo_update(policy, Batch(obs, actions, logp, adv), settings)
             steps[label] = parameters_to_vector(policy.parameters()).detach() - before
         sb3_train()
         theirs = actor_vector() - before

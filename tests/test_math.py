@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from trpo_lab.config import TRPOConfig
 from trpo_lab.policies import CategoricalPolicy, GaussianPolicy
-from trpo_lab.trpo import conjugate_gradient, fisher_vector_product, gae, line_search, mean_kl, trpo_update
+from trpo_lab.trpo import Batch, conjugate_gradient, fisher_vector_product, gae, line_search, mean_kl, trpo_update
 
 
 def _policies():
@@ -145,8 +146,8 @@ def test_trpo_update_respects_trust_region_and_improves_surrogate():
         actions = policy.dist_params(obs)[0] + torch.randn(256, 2)
         logp = policy.log_prob(obs, actions)
     advantages = actions[:, 0] - actions[:, 1]  # prefer a larger first action
-    stats = trpo_update(policy, obs, actions, logp, advantages, delta=0.01, cg_iters=10, cg_damping=0.1,
-                        backtrack_iters=10, backtrack_coeff=0.8)
+    settings = TRPOConfig(delta=0.01, cg_iters=10, cg_damping=0.1, backtrack_iters=10, backtrack_coeff=0.8)
+    stats = trpo_update(policy, Batch(obs, actions, logp, advantages), settings)
     assert stats.line_search_success
     assert 0 < stats.kl <= 0.01
     assert stats.surrogate_gain > 0

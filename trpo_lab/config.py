@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from trpo_lab.policies import ACTIVATIONS
+from trpo_lab.actor import ACTIVATIONS
 
 
 class ConfigError(ValueError):
@@ -63,6 +63,12 @@ class TRPOConfig:
     value_minibatch: int = 128
     # Adam's epsilon for the critic: stable-baselines3's 1e-5 (torch's default is 1e-8).
     value_adam_eps: float = 1e-5
+    # How the surrogate corrects for a behaviour policy beta older than pi_old
+    # (docs/off_policy.md): "importance" pi_theta / beta (TRPO eq. 14), "truncated"
+    # min(pi_old / beta, is_clip) * pi_theta / pi_old (ACER, IMPALA), "none" pi_theta / pi_old.
+    off_policy_correction: str = "importance"
+    # The truncation of pi_old / beta under off_policy_correction=truncated (>= 1).
+    is_clip: float = 1.0
 
 
 @dataclass
@@ -76,6 +82,16 @@ class TrainerConfig:
     # process's share, and the critic fit runs in a worker beside the policy update;
     # the numbers are the same as sync's.
     vec_env: str = "sync"
+    # "sync": collect, then update, in turn. "async": rollout worker processes step
+    # the environments continuously with the newest policy they have received while
+    # this process updates on each batch as soon as it is complete (docs/off_policy.md).
+    collection: str = "sync"
+    # async: rollout worker processes (each steps a share of the n_envs environments);
+    # null: one per core, at most n_envs.
+    rollout_workers: Optional[int] = None
+    # sync: update k learns from a batch collected by the policy of update k - policy_lag
+    # (deterministic staleness; 0: beta = pi_old, the on-policy algorithm).
+    policy_lag: int = 0
     seed: int = 0
     # Evaluate every this many iterations (0: only at the end of the run).
     eval_every: int = 25
@@ -138,6 +154,8 @@ def register_configs() -> None:
 
 
 VEC_ENVS = ("sync", "subproc")
+COLLECTIONS = ("sync", "async")
+CORRECTIONS = ("importance", "truncated", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
 
@@ -220,6 +238,10 @@ def validate(cfg: Config) -> None:
     check(t.value_minibatch >= 1, "trpo.value_minibatch", t.value_minibatch, "must be an integer >= 1")
     check(number(t.value_adam_eps) and t.value_adam_eps > 0, "trpo.value_adam_eps", t.value_adam_eps,
           "must be a finite number > 0")
+    check(t.off_policy_correction in CORRECTIONS, "trpo.off_policy_correction", t.off_policy_correction,
+          f"must be one of {CORRECTIONS}")
+    check(number(t.is_clip) and t.is_clip >= 1, "trpo.is_clip", t.is_clip,
+          "must be a finite number >= 1 (the largest weight pi_old / beta kept)")
 
     n = cfg.network
     check(number(n.log_std_init), "network.log_std_init", n.log_std_init, "must be a finite number")
@@ -233,6 +255,19 @@ def validate(cfg: Config) -> None:
     check(r.steps_per_iter >= r.n_envs and r.steps_per_iter % r.n_envs == 0, "trainer.steps_per_iter",
           r.steps_per_iter, f"must be a positive multiple of trainer.n_envs={r.n_envs}")
     check(r.vec_env in VEC_ENVS, "trainer.vec_env", r.vec_env, f"must be one of {VEC_ENVS}")
+    check(r.collection in COLLECTIONS, "trainer.collection", r.collection, f"must be one of {COLLECTIONS}")
+    check(r.policy_lag >= 0, "trainer.policy_lag", r.policy_lag, "must be an integer >= 0")
+    check(r.rollout_workers is None or r.rollout_workers >= 1, "trainer.rollout_workers", r.rollout_workers,
+          "must be null (one per core) or an integer >= 1")
+    if r.collection == "async":
+        check(r.rollout_workers is None or 1 <= r.rollout_workers <= r.n_envs, "trainer.rollout_workers",
+              r.rollout_workers, f"must be null or in [1, trainer.n_envs={r.n_envs}] with trainer.collection=async "
+              "(each rollout worker steps at least one environment)")
+        check(r.policy_lag == 0, "trainer.policy_lag", r.policy_lag,
+              "must be 0 with trainer.collection=async (there the lag is what the timing gives; "
+              "a fixed lag is trainer.collection=sync trainer.policy_lag=K)")
+        check(r.vec_env == "sync", "trainer.vec_env", r.vec_env,
+              "must be sync with trainer.collection=async (the rollout workers step the environments)")
     check(r.eval_every >= 0, "trainer.eval_every", r.eval_every, "must be >= 0 (0: evaluate at the end only)")
     check(r.eval_episodes >= 1, "trainer.eval_episodes", r.eval_episodes, "must be >= 1")
     check(r.threads >= 1, "trainer.threads", r.threads, "must be >= 1")

@@ -22,6 +22,13 @@ ENTROPY = "train/entropy"
 VALUE_LOSS = "train/value_loss"
 EXPLAINED_VARIANCE = "train/explained_variance"
 STEPS_PER_S = "time/steps_per_s"
+# Staleness of the batch (docs/off_policy.md): the lag of a sample is how many updates
+# older than pi_old its behaviour policy is.
+POLICY_LAG_MEAN = "rollout/policy_lag_mean"
+POLICY_LAG_MAX = "rollout/policy_lag_max"
+BEHAVIOUR_KL = "train/behaviour_kl"   # mean KL(beta || pi_old) over the batch's states
+IS_RATIO_MAX = "train/is_ratio_max"   # largest pi_old / beta in the batch
+IS_ESS = "train/is_ess"               # effective sample size of pi_old / beta, fraction of the batch
 EVAL_RETURN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"
 
@@ -29,7 +36,8 @@ EVAL_RETURN_STD = "eval/return_std"
 PER_ITERATION = (
     ITERATION, ENV_STEPS, WALL_TIME, EP_RETURN, EP_LEN, KL, KL_LIMIT, SURROGATE_GAIN,
     LINE_SEARCH_STEPS, LINE_SEARCH_SUCCESS, STEP_FRACTION, CG_RESIDUAL, ENTROPY,
-    VALUE_LOSS, EXPLAINED_VARIANCE, STEPS_PER_S,
+    VALUE_LOSS, EXPLAINED_VARIANCE, STEPS_PER_S, POLICY_LAG_MEAN, POLICY_LAG_MAX, BEHAVIOUR_KL,
+    IS_RATIO_MAX, IS_ESS,
 )
 
 # summary.json fields.

@@ -7,9 +7,9 @@ Two policies share one interface (`Policy`):
     GaussianPolicy     Box actions: diagonal Gaussian, state-independent log-std
     CategoricalPolicy  Discrete actions: softmax over logits
 
-Acting during collection goes through `NumpyActor`, a numpy copy of the
-policy's weights taken once per iteration: a forward pass for a handful of
-observations costs microseconds in numpy and over a hundred in torch.
+Acting during collection goes through `NumpyActor` (trpo_lab/actor.py), a
+numpy copy of the policy's weights taken once per iteration: a forward pass for
+a handful of observations costs microseconds in numpy and over a hundred in torch.
 """
 from __future__ import annotations
 
@@ -20,15 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo_lab.actor import NumpyActor
+
 _TORCH_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
-# In place: each overwrites its argument with activation(argument).
-_NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], object]] = {
-    "tanh": lambda h: np.tanh(h, h),
-    "relu": lambda h: np.maximum(h, 0.0, out=h),
-    "elu": lambda h: np.copyto(h, np.where(h > 0, h, np.expm1(np.minimum(h, 0.0)))),
-    "silu": lambda h: np.multiply(h, 1.0 / (1.0 + np.exp(-h)), out=h),
-}
-ACTIVATIONS = tuple(_TORCH_ACTIVATIONS)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -71,6 +65,11 @@ class Policy(nn.Module):
 
     def entropy(self, obs: torch.Tensor) -> torch.Tensor:
         """Entropy per state, shape [B]."""
+        raise NotImplementedError
+
+    def params_from_output(self, out: torch.Tensor, log_std: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """`dist_params` of a policy whose net gave `out` [B, out] (and, Gaussian, whose
+        log-std was `log_std` [B, act_dim]): how a rollout worker's record of beta is read."""
         raise NotImplementedError
 
     def _output_fisher(self, out: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -143,6 +142,9 @@ class GaussianPolicy(Policy):
         ent = (self.log_std + 0.5 * (1.0 + _LOG_2PI)).sum()
         return ent.expand(obs.shape[0])
 
+    def params_from_output(self, out, log_std):
+        return out, log_std
+
     def _output_fisher(self, out, u):
         # Fisher of N(mu, sigma^2) in mu is 1 / sigma^2.
         return u * torch.exp(-2.0 * self.log_std.detach())
@@ -152,7 +154,7 @@ class GaussianPolicy(Policy):
         return [2.0 * c for c in chunks]
 
     def numpy_actor(self) -> "NumpyActor":
-        return NumpyActor(self.net, self.activation, log_std=self.log_std.detach().numpy().astype(np.float64))
+        return NumpyActor.of(self.net, self.activation, log_std=self.log_std.detach().numpy().astype(np.float64))
 
 
 class CategoricalPolicy(Policy):
@@ -180,13 +182,16 @@ class CategoricalPolicy(Policy):
         (logp,) = self.dist_params(obs)
         return -(logp.exp() * logp).sum(-1)
 
+    def params_from_output(self, out, log_std):
+        return (torch.log_softmax(out, dim=-1),)
+
     def _output_fisher(self, out, u):
         # Fisher of softmax(z) in the logits z is diag(p) - p p^T.
         p = torch.softmax(out, dim=-1)
         return p * u - p * (p * u).sum(-1, keepdim=True)
 
     def numpy_actor(self) -> "NumpyActor":
-        return NumpyActor(self.net, self.activation, log_std=None)
+        return NumpyActor.of(self.net, self.activation, log_std=None)
 
 
 class ValueNet(nn.Module):
@@ -211,77 +216,3 @@ def make_policy(obs_dim: int, action_space, hidden: list[int], activation: str,
     if isinstance(action_space, gym.spaces.Discrete):
         return CategoricalPolicy(obs_dim, int(action_space.n), hidden, activation, ortho_init)
     raise ValueError(f"unsupported action space {action_space}: trpo_lab handles Box and Discrete")
-
-
-class NumpyActor:
-    """A frozen numpy copy of a policy for acting: sample(obs) -> (actions, log-probs).
-
-    Takes float observations [N, obs_dim]; returns actions [N, act_dim]
-    (float64) or [N] (int64) and their log-probabilities under the copied
-    policy (the behaviour policy beta of DESIGN.md). The forward pass writes
-    into arrays allocated once per batch size.
-    """
-
-    def __init__(self, net: nn.Sequential, activation: str, log_std: np.ndarray | None):
-        linears = [m for m in net if isinstance(m, nn.Linear)]
-        self.weights = [np.ascontiguousarray(m.weight.detach().numpy().T, dtype=np.float64) for m in linears]
-        self.biases = [m.bias.detach().numpy().astype(np.float64) for m in linears]
-        self.act = _NUMPY_ACTIVATIONS[activation]
-        self.log_std = log_std
-        if log_std is not None:
-            self.std = np.exp(log_std)
-            self.logp_const = -log_std.sum() - 0.5 * len(log_std) * _LOG_2PI
-        self._buffers: dict[int, list[np.ndarray]] = {}
-
-    def forward(self, obs: np.ndarray) -> np.ndarray:
-        """The net's output [N, out]: an array of this actor's, overwritten by the next call.
-
-        Called once per environment step on a few rows, so the calls are the
-        cheapest numpy has: np.dot into a buffer (half the cost of np.matmul's
-        call on arrays this small), out given positionally.
-        """
-        buffers = self._buffers.get(obs.shape[0])
-        if buffers is None:
-            buffers = self._buffers[obs.shape[0]] = [np.empty((obs.shape[0], w.shape[1])) for w in self.weights]
-        if obs.dtype != np.float64 or not obs.flags.c_contiguous:
-            obs = np.ascontiguousarray(obs, dtype=np.float64)
-        h, last = obs, len(self.weights) - 1
-        for i, (w, b, out) in enumerate(zip(self.weights, self.biases, buffers)):
-            np.dot(h, w, out)
-            np.add(out, b, out)
-            if i < last:
-                self.act(out)
-            h = out
-        return h
-
-    def noise(self, rng: np.random.Generator, steps: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The randomness of `steps` calls to `sample` for n observations, drawn at once.
-
-        Returns (noise, log-probs). Gaussian: noise is std * eps for standard
-        normal eps [steps, n, act_dim], and since the action mean + std * eps
-        has log-probability const - |eps|^2 / 2 whatever the mean, the
-        log-probs [steps, n] come with it. Categorical: uniform [steps, n, 1]
-        and None (they depend on the logits). The same numbers, in the same
-        order, as drawing each step's share in turn, without the per-call cost
-        of the generator.
-        """
-        if self.log_std is not None:
-            eps = rng.standard_normal((steps, n, len(self.log_std)))
-            return self.std * eps, self.logp_const - 0.5 * (eps * eps).sum(-1)
-        return rng.random((steps, n, 1)), None
-
-    def sample(self, obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Actions for obs [N, obs_dim], given one step of `noise()` [N, ...], and their
-        log-probabilities [N] (None for a Gaussian: `noise()` gave them)."""
-        out = self.forward(obs)
-        if self.log_std is not None:
-            return out + noise, None
-        logits = out - out.max(-1, keepdims=True)
-        logp_all = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        cdf = np.cumsum(np.exp(logp_all), -1)
-        actions = np.minimum((noise > cdf).sum(-1), out.shape[-1] - 1)
-        return actions, logp_all[np.arange(out.shape[0]), actions]
-
-    def deterministic(self, obs: np.ndarray) -> np.ndarray:
-        out = self.forward(obs)
-        return out.copy() if self.log_std is not None else out.argmax(-1)

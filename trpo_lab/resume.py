@@ -34,12 +34,10 @@ import fcntl
 import json
 import logging
 import os
-from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
@@ -153,31 +151,24 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
-def capture(venv, obs: np.ndarray, rng: np.random.Generator, generator: torch.Generator,
-            episodes: deque, counters: dict[str, float]) -> dict[str, Any]:
-    """The training state outside the agent, at an iteration boundary."""
+def capture(collector, generator: torch.Generator, counters: dict[str, float]) -> dict[str, Any]:
+    """The training state outside the agent, at an iteration boundary: the collector's
+    (environments, the observation to act on next, the action-sampling generator,
+    the episode window, the lagged behaviour policies; collection.py), the torch
+    generators, and the trainer's counters."""
     return {
-        "venv": venv.get_state(),
-        "obs": np.array(obs),
-        "numpy_rng": rng.bit_generator.state,
+        **collector.state_dict(),
         "torch_generator": generator.get_state(),
         "torch_global_rng": torch.get_rng_state(),
-        "episodes": list(episodes),
         "counters": dict(counters),
     }
 
 
-def restore(state: dict[str, Any], venv, rng: np.random.Generator, generator: torch.Generator,
-            episodes: deque) -> np.ndarray:
-    """Put the state from `capture` back; returns the observation to act on next.
-    (The counters are read by the trainer before its logger starts.)"""
-    venv.set_state(state["venv"])
-    rng.bit_generator.state = state["numpy_rng"]
+def restore(state: dict[str, Any], collector, generator: torch.Generator) -> None:
+    """Put the state from `capture` back. (The counters are read by the trainer before its logger starts.)"""
+    collector.load_state_dict(state)
     generator.set_state(state["torch_generator"])
     torch.set_rng_state(state["torch_global_rng"])
-    episodes.clear()
-    episodes.extend(state["episodes"])
-    return np.array(state["obs"])
 
 
 def truncate_metrics(run_dir: Path, last_iteration: int) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,21 +20,19 @@ import torch
 
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
+from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import save_checkpoint
+from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, num_iterations, steps_per_env, validate
-from trpo_lab.envs import ObsNormalizer, RewardScaler, SyncVecEnv, make_env, make_vec_env
+from trpo_lab.envs import ObsNormalizer, RewardScaler, make_env
 from trpo_lab.loggers import RunLogger
-from trpo_lab.policies import NumpyActor, Policy, ValueNet, make_policy
-from trpo_lab.trpo import UpdateStats, gae, trpo_update
+from trpo_lab.policies import Policy, ValueNet, make_policy
+from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
 
 log = logging.getLogger(__name__)
 
 EvalHook = Callable[[int, float], bool]
-
-
-class DivergedError(RuntimeError):
-    """Training produced non-finite numbers (environment output, losses or parameters)."""
 
 
 class PruneRequested(Exception):
@@ -81,83 +78,6 @@ def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Spa
         obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
         reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
     )
-
-
-@dataclass
-class Rollout:
-    """One iteration's batch, [T, N] leading dimensions (T steps of N environments)."""
-
-    obs: np.ndarray            # float32 [T, N, obs_dim], normalised as the policy saw them
-    actions: np.ndarray        # float32 [T, N, act_dim] or int64 [T, N]
-    behaviour_logp: np.ndarray  # float64 [T, N], log beta(a|s) at collection time
-    rewards: np.ndarray        # float64 [T, N], scaled rewards (RewardScaler) once collected
-    terminated: np.ndarray     # bool [T, N]
-    episode_ends: np.ndarray   # bool [T, N], terminated or truncated
-    last_obs: np.ndarray | None = None  # float32 [N, obs_dim], normalised s_T
-    # (t, env, normalised final observation) of episodes cut by a time limit
-    truncations: list[tuple[int, int, np.ndarray]] | None = None
-
-    @classmethod
-    def allocate(cls, T: int, N: int, obs_dim: int, action_space: gym.Space) -> "Rollout":
-        if isinstance(action_space, gym.spaces.Discrete):
-            actions = np.zeros((T, N), dtype=np.int64)
-        else:
-            actions = np.zeros((T, N, int(np.prod(action_space.shape))), dtype=np.float32)
-        return cls(
-            obs=np.zeros((T, N, obs_dim), dtype=np.float32), actions=actions,
-            behaviour_logp=np.zeros((T, N)), rewards=np.zeros((T, N)),
-            terminated=np.zeros((T, N), dtype=bool), episode_ends=np.zeros((T, N), dtype=bool),
-        )
-
-
-def collect(venv: SyncVecEnv, agent: Agent, actor: NumpyActor, obs: np.ndarray, rollout: Rollout,
-            rng: np.random.Generator, episodes: deque) -> np.ndarray:
-    """Fill `rollout` by acting with `actor`; returns the observation to continue from.
-
-    The per-step path writes into preallocated arrays; what can wait for the
-    whole rollout (the finiteness checks, reward scaling) does.
-    """
-    box = isinstance(venv.action_space, gym.spaces.Box)
-    rollout.truncations = []
-    noise, logp = actor.noise(rng, *rollout.behaviour_logp.shape)
-    if logp is not None:
-        rollout.behaviour_logp[:] = logp
-    if box:
-        low, high = venv.action_space.low, venv.action_space.high
-        clipped = np.empty(rollout.actions.shape[1:])
-    norm = agent.obs_norm.rollout()
-    obs_n = np.empty(rollout.obs.shape[1:])  # float64, as the actor computes; stored as float32
-    for t in range(rollout.obs.shape[0]):
-        norm.step(obs, obs_n)
-        rollout.obs[t] = obs_n
-        actions, step_logp = actor.sample(obs_n, noise[t])
-        if step_logp is not None:
-            rollout.behaviour_logp[t] = step_logp
-        rollout.actions[t] = actions
-        if box:
-            np.minimum(actions, high, out=clipped)
-            venv.step_async(np.maximum(clipped, low, out=clipped))
-        else:
-            venv.step_async(actions)
-        step = venv.step_wait()
-        rollout.rewards[t] = step.rewards  # as the environment gave them; scaled below
-        rollout.terminated[t] = step.terminated
-        np.logical_or(step.terminated, step.truncated, rollout.episode_ends[t])
-        for i, final in step.final_obs.items():
-            if step.truncated[i] and not step.terminated[i]:
-                rollout.truncations.append((t, i, norm.normalise(final[None])[0]))
-        if step.episodes:
-            episodes.extend(step.episodes)
-        obs = step.obs  # the vector env's buffer: read (by norm.step) before the next step rewrites it
-    norm.finish()
-    # A non-finite observation makes every normalised one after it non-finite
-    # (the running sums hold it), so checking the stored ones covers them all.
-    if not (np.isfinite(rollout.obs).all() and np.isfinite(obs).all() and np.isfinite(rollout.rewards).all()
-            and all(np.isfinite(f).all() for _, _, f in rollout.truncations)):
-        raise DivergedError("the environment returned a non-finite observation or reward")
-    rollout.rewards[:] = agent.reward_scaler(rollout.rewards, rollout.episode_ends)
-    rollout.last_obs = agent.obs_norm(obs).astype(np.float32)
-    return obs.copy()
 
 
 def advantages_and_returns(rollout: Rollout, value: ValueNet, gamma: float, lam: float
@@ -247,16 +167,18 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     tc, pc = cfg.trainer, cfg.trpo
     torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    rng = np.random.default_rng(tc.seed)
     generator = torch.Generator().manual_seed(tc.seed)
 
-    venv = make_vec_env(cfg.env, tc.n_envs, tc.seed, tc.vec_env)
-    agent = build_agent(cfg, venv.observation_space, venv.action_space)
     T, N = steps_per_env(tc), tc.n_envs
-    if tc.vec_env == "subproc":  # the critic fit runs beside the policy update
-        agent.value_fitter.use_worker(T * N, pc.value_epochs)
-    rollout = Rollout.allocate(T, N, agent.policy.net[0].in_features, venv.action_space)
-    episodes: deque = deque(maxlen=100)
+    collector = make_collector(cfg, T, N)
+    try:
+        agent = build_agent(cfg, collector.observation_space, collector.action_space)
+        if tc.vec_env == "subproc":  # the critic fit runs beside the policy update
+            agent.value_fitter.use_worker(T * N, pc.value_epochs)
+    except BaseException:
+        collector.close()
+        raise
+    episodes = collector.episodes
 
     iteration, env_steps = 0, 0
     train_time, eval_return, best_eval, wall_before = 0.0, float("nan"), float("-inf"), 0.0
@@ -275,15 +197,13 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
     try:
-        if checkpoint is None:
-            obs = venv.reset()
-        else:
+        if checkpoint is not None:
             agent.load_state_dict(checkpoint["agent"])
-            obs = resume.restore(checkpoint["training"], venv, rng, generator, episodes)
+            resume.restore(checkpoint["training"], collector, generator)
         for iteration in range(first_iteration, num_iterations(tc) + 1):
             t0 = time.perf_counter()
-            actor = agent.policy.numpy_actor()
-            obs = collect(venv, agent, actor, obs, rollout, rng, episodes)
+            version = iteration - 1  # pi_old: the policy after iteration - 1 updates
+            rollout = collector.collect(agent, version)
             env_steps += T * N
 
             adv, returns, values = advantages_and_returns(rollout, agent.value, pc.gamma, pc.gae_lambda)
@@ -295,20 +215,22 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             # runs when its result is asked for, or beside the policy update (see ValueFitter.start).
             fit = agent.value_fitter.start(flat_obs, returns.reshape(-1), pc.value_epochs, pc.value_minibatch,
                                            generator)
-            obs_t = torch.from_numpy(flat_obs)
-            actions_t = torch.from_numpy(rollout.actions.reshape(T * N, *rollout.actions.shape[2:]))
-            stats: UpdateStats = trpo_update(
-                agent.policy, obs_t, actions_t,
-                torch.from_numpy(rollout.behaviour_logp.reshape(-1).astype(np.float32)),
-                torch.from_numpy(flat_adv.astype(np.float32)),
-                pc.delta, pc.cg_iters, pc.cg_damping, pc.backtrack_iters, pc.backtrack_coeff,
+            batch = Batch(
+                obs=torch.from_numpy(flat_obs),
+                actions=torch.from_numpy(rollout.actions.reshape(T * N, *rollout.actions.shape[2:])),
+                behaviour_logp=torch.from_numpy(rollout.behaviour_logp.reshape(-1).astype(np.float32)),
+                advantages=torch.from_numpy(flat_adv.astype(np.float32)),
+                behaviour_dist=rollout.behaviour_dist,
             )
+            stats: UpdateStats = trpo_update(agent.policy, batch, pc)
+            lags = rollout.lags(version)
             last = iteration == num_iterations(tc)
             evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
             checkpoints = iteration % tc.checkpoint_every == 0 or last
             value_loss = _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
                 raise DivergedError("policy parameters became non-finite")
+            collector.policy_updated(agent, version + 1)
             iter_time = time.perf_counter() - t0
             train_time += iter_time
 
@@ -331,6 +253,11 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 M.VALUE_LOSS: value_loss,
                 M.EXPLAINED_VARIANCE: explained_variance(values.reshape(-1), returns.reshape(-1)),
                 M.STEPS_PER_S: T * N / iter_time,
+                M.POLICY_LAG_MEAN: float(lags.mean()),
+                M.POLICY_LAG_MAX: int(lags.max()),
+                M.BEHAVIOUR_KL: stats.behaviour_kl,
+                M.IS_RATIO_MAX: stats.is_ratio_max,
+                M.IS_ESS: stats.is_ess,
             }
             prune = False
             if evaluates:
@@ -342,7 +269,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             logger.log(row)
             if checkpoints:
                 state = _checkpoint_state(cfg, agent, iteration, env_steps)
-                state["training"] = resume.capture(venv, obs, rng, generator, episodes, {
+                state["training"] = resume.capture(collector, generator, {
                     "train_time": train_time, "best_eval": best_eval,
                     "wall_time": time.perf_counter() - start})
                 save_checkpoint(run_dir, state)
@@ -363,7 +290,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
         status, error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
-        venv.close()
+        collector.close()
         agent.value_fitter.close()
         ep_returns = [r for r, _ in episodes]
         summary = {

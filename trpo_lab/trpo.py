@@ -3,6 +3,8 @@
 Read next to the paper:
     gae                     Schulman et al. 2016, eq. (16), with time-limit bootstrapping
     surrogate               TRPO eq. (14): E[pi_theta(a|s) / beta(a|s) * A_hat]
+    off_policy_terms        which denominator and weights the surrogate uses when beta != pi_old
+    importance_weights      the weights pi_old / beta of a batch: largest, effective sample size
     mean_kl                 TRPO eq. (12): E_s[KL(pi_old(.|s) || pi_theta(.|s))]
     fisher_vector_product   TRPO appendix C: v -> F v, with F = E_s[J^T M J]
     conjugate_gradient      TRPO appendix C: solve F x = g without forming F
@@ -14,12 +16,13 @@ Nothing here logs or imports a logger: callers get `UpdateStats` back.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from trpo_lab.config import TRPOConfig
 from trpo_lab.policies import Policy
 
 
@@ -53,11 +56,53 @@ def gae(
     return advantages
 
 
-def surrogate(policy: Policy, obs: torch.Tensor, actions: torch.Tensor,
-              behaviour_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Importance-sampled surrogate E[exp(log pi(a|s) - log beta(a|s)) * A], a scalar."""
-    ratio = torch.exp(policy.log_prob(obs, actions) - behaviour_logp)
+def surrogate(policy: Policy, obs: torch.Tensor, actions: torch.Tensor, denominator_logp: torch.Tensor,
+              advantages: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Importance-sampled surrogate E[w * pi_theta(a|s) / q(a|s) * A], a scalar.
+
+    q is the policy whose log-probabilities `denominator_logp` [B] are given
+    (beta for TRPO eq. 14) and w optional constant weights [B] (see
+    `off_policy_terms`).
+    """
+    ratio = torch.exp(policy.log_prob(obs, actions) - denominator_logp)
+    if weights is not None:
+        ratio = weights * ratio
     return (ratio * advantages).mean()
+
+
+def off_policy_terms(correction: str, behaviour_logp: torch.Tensor, old_logp: torch.Tensor, is_clip: float
+                     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(denominator log-probabilities, weights or None) of the surrogate for a batch drawn from beta.
+
+        importance   pi_theta / beta                              TRPO eq. (14), unbiased for any beta
+        truncated    min(pi_old / beta, is_clip) * pi_theta / pi_old   the truncated weight of ACER
+                     (Wang et al. 2017) and IMPALA (Espeholt et al. 2018), held constant
+        none         pi_theta / pi_old                            beta treated as pi_old: the baseline
+
+    With beta = pi_old the three are the same surrogate. behaviour_logp and
+    old_logp are log beta(a|s) and log pi_old(a|s), [B].
+    """
+    if correction == "importance":
+        return behaviour_logp, None
+    if correction == "truncated":
+        return old_logp, torch.exp(old_logp - behaviour_logp).clamp(max=is_clip)
+    if correction == "none":
+        return old_logp, None
+    raise ValueError(f"unknown off-policy correction {correction!r}")
+
+
+def importance_weights(behaviour_logp: torch.Tensor, old_logp: torch.Tensor) -> tuple[float, float]:
+    """(largest weight, effective sample size as a fraction of the batch) of w = pi_old / beta, [B].
+
+    ESS = (sum w)^2 / (B sum w^2) (Kong 1992): 1 when beta = pi_old, near 1 / B
+    when one sample carries all the weight. Computed in float64 from the
+    log-ratios, shifted by their maximum so that no weight overflows.
+    """
+    log_w = (old_logp - behaviour_logp).double()
+    top = log_w.max()
+    w = torch.exp(log_w - top)
+    ess = float(w.sum() ** 2 / (w.numel() * (w * w).sum()))
+    return float(torch.exp(top)), ess
 
 
 def mean_kl(policy: Policy, obs: torch.Tensor, old_dist_params: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -152,50 +197,68 @@ class UpdateStats:
     step_fraction: float
     cg_residual: float
     entropy: float
+    behaviour_kl: float   # mean KL(beta || pi_old) over the batch's states (0 when beta is pi_old)
+    is_ratio_max: float   # largest pi_old / beta in the batch
+    is_ess: float         # effective sample size of pi_old / beta, as a fraction of the batch
 
 
-def trpo_update(
-    policy: Policy,
-    obs: torch.Tensor,
-    actions: torch.Tensor,
-    behaviour_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    delta: float,
-    cg_iters: int,
-    cg_damping: float,
-    backtrack_iters: int,
-    backtrack_coeff: float,
-) -> UpdateStats:
-    """One TRPO policy step (DESIGN.md, steps 2 and 3); updates `policy` in place.
+@dataclass
+class Batch:
+    """What one update learns from; B samples, flattened over steps and environments.
 
-    Shapes: obs [B, obs_dim] (normalised, as the policy saw them), actions
+    obs [B, obs_dim] (normalised, as the behaviour policy saw them), actions
     [B, act_dim] (or [B] for discrete), behaviour_logp and advantages [B].
+    behaviour_dist: beta's distribution parameters at obs (as `Policy.dist_params`
+    gives them), or None when beta is pi_old itself.
     """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    behaviour_logp: torch.Tensor
+    advantages: torch.Tensor
+    behaviour_dist: Optional[tuple[torch.Tensor, ...]] = None
+
+
+def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateStats:
+    """One TRPO policy step (docs/design.md, "The algorithm", steps 2 and 3); updates `policy` in place.
+
+    Uses settings.delta, cg_iters, cg_damping, backtrack_iters, backtrack_coeff,
+    off_policy_correction and is_clip. The trust region is the mean KL from
+    pi_old (the policy on entry) to the new policy over the batch's states,
+    whatever policy collected the batch.
+    """
+    obs, actions = batch.obs, batch.actions
     params = list(policy.parameters())
     with torch.no_grad():
-        old_dist = policy.dist_params(obs)
-        old_dist = tuple(p.detach() for p in old_dist)
+        old_dist = tuple(p.detach() for p in policy.dist_params(obs))
+        old_logp = policy.log_prob(obs, actions)
+        is_ratio_max, is_ess = importance_weights(batch.behaviour_logp, old_logp)
+        behaviour_kl = 0.0 if batch.behaviour_dist is None else \
+            float(policy.kl_from(batch.behaviour_dist, obs).mean())
+    denominator, weights = off_policy_terms(settings.off_policy_correction, batch.behaviour_logp, old_logp,
+                                            settings.is_clip)
 
-    surr = surrogate(policy, obs, actions, behaviour_logp, advantages)
+    def objective() -> torch.Tensor:
+        return surrogate(policy, obs, actions, denominator, batch.advantages, weights)
+
+    surr = objective()
     grad = parameters_to_vector(torch.autograd.grad(surr, params)).detach()
     surrogate_before = float(surr.detach())
 
-    fvp = fisher_vector_product(policy, obs, cg_damping)
-    direction, cg_residual = conjugate_gradient(fvp, grad, cg_iters)
+    fvp = fisher_vector_product(policy, obs, settings.cg_damping)
+    direction, cg_residual = conjugate_gradient(fvp, grad, settings.cg_iters)
     curvature = torch.dot(direction, fvp(direction))  # x^T (F + damping I) x
     if not (torch.isfinite(curvature) and curvature > 0):
         result = LineSearchResult(False, 0, 0.0, 0.0, 0.0)
     else:
-        full_step = torch.sqrt(2.0 * delta / curvature) * direction
+        full_step = torch.sqrt(2.0 * settings.delta / curvature) * direction
 
         def evaluate() -> tuple[float, float]:
             with torch.no_grad():
-                new_surr = surrogate(policy, obs, actions, behaviour_logp, advantages)
-                kl = mean_kl(policy, obs, old_dist)
-            return float(new_surr), float(kl)
+                return float(objective()), float(mean_kl(policy, obs, old_dist))
 
-        result = line_search(policy, full_step, evaluate, surrogate_before, delta,
-                             backtrack_iters, backtrack_coeff)
+        result = line_search(policy, full_step, evaluate, surrogate_before, settings.delta,
+                             settings.backtrack_iters, settings.backtrack_coeff)
 
     with torch.no_grad():
         entropy = float(policy.entropy(obs).mean())
@@ -207,4 +270,7 @@ def trpo_update(
         step_fraction=result.step_fraction,
         cg_residual=cg_residual,
         entropy=entropy,
+        behaviour_kl=behaviour_kl,
+        is_ratio_max=is_ratio_max,
+        is_ess=is_ess,
     )

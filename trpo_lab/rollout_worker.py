@@ -1,0 +1,258 @@
+"""The rollout worker process of asynchronous collection, and the shared memory it works in.
+
+Imports no torch: a worker needs numpy, gymnasium and the numpy actor only.
+The trainer's side (trpo_lab/async_collection.py) owns the same memory:
+
+    PolicyChannel   the newest published policy: the actor's weights, the
+                    observation normaliser's mean and std, and its version
+                    (the number of updates behind it), written under a lock
+    BatchSlots      two batches of T steps of all N environments; worker w
+                    writes its own environments' columns
+
+A worker fills slot b % 2 with batch b once the trainer has freed that slot
+(semaphore `free`), and tells the trainer it is done (semaphore `filled`), so
+it is never more than one batch ahead of the update in progress. At the start
+of every step it checks the channel's version (a read of shared memory) and,
+when it changed, copies the new policy in (under the lock): a sample's
+behaviour policy is the newest one its worker had when it acted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from trpo_lab import workers
+from trpo_lab.actor import NumpyActor
+from trpo_lab.config import EnvConfig
+from trpo_lab.envs import make_env
+
+SLOTS = 2
+# PolicyChannel header fields (int64).
+VERSION, RESET_SEED, STOP = range(3)
+_OK, _FAILED = 0, 1
+
+
+class SharedArrays:
+    """Named numpy arrays in shared memory: made by the parent, passed to workers as process
+    arguments, viewed as arrays on both sides (`views`)."""
+
+    def __init__(self, ctx, spec: dict[str, tuple[tuple[int, ...], Any]]):
+        self.spec = {name: (tuple(shape), np.dtype(dtype).str) for name, (shape, dtype) in spec.items()}
+        self.raw = {name: ctx.RawArray("B", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+                    for name, (shape, dtype) in self.spec.items()}
+
+    def views(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(self.raw[name], dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+                for name, (shape, dtype) in self.spec.items()}
+
+
+@dataclass
+class PolicyLayout:
+    """Where the actor's numbers sit in the channel's flat parameter vector.
+
+    widths: [obs_dim, hidden..., out_dim]; per layer its weight transposed
+    [in, out] then its bias [out]; then, for a Gaussian policy, log_std [act_dim].
+    """
+
+    widths: list[int]
+    activation: str
+    gaussian: bool
+
+    @property
+    def size(self) -> int:
+        layers = sum(a * b + b for a, b in zip(self.widths[:-1], self.widths[1:]))
+        return layers + (self.widths[-1] if self.gaussian else 0)
+
+    def actor(self, flat: np.ndarray) -> NumpyActor:
+        """A NumpyActor whose weights are views of `flat` (overwrite flat, then call refresh())."""
+        weights, biases, offset = [], [], 0
+        for a, b in zip(self.widths[:-1], self.widths[1:]):
+            weights.append(flat[offset:offset + a * b].reshape(a, b))
+            offset += a * b
+            biases.append(flat[offset:offset + b])
+            offset += b
+        log_std = flat[offset:offset + self.widths[-1]] if self.gaussian else None
+        return NumpyActor(weights, biases, self.activation, log_std)
+
+    def write(self, actor: NumpyActor, flat: np.ndarray) -> None:
+        """Put `actor`'s numbers into `flat`."""
+        offset = 0
+        for w, b in zip(actor.weights, actor.biases):
+            flat[offset:offset + w.size] = w.reshape(-1)
+            offset += w.size
+            flat[offset:offset + b.size] = b
+            offset += b.size
+        if self.gaussian:
+            flat[offset:offset + actor.log_std.size] = actor.log_std
+
+
+def channel_spec(layout: PolicyLayout, obs_dim: int) -> dict:
+    return {"params": ((layout.size,), np.float64), "norm": ((3, obs_dim), np.float64),  # mean, std, clip
+            "header": ((3,), np.int64)}
+
+
+def slot_spec(T: int, N: int, obs_dim: int, act_dim: int, out_dim: int, discrete: bool) -> dict:
+    """One batch: what the trainer's Rollout needs, plus the raw observations (for the normaliser's
+    statistics) and beta's distribution (net output, and log-std for a Gaussian)."""
+    return {
+        "obs": ((T, N, obs_dim), np.float32), "raw_obs": ((T, N, obs_dim), np.float64),
+        "actions": ((T, N) if discrete else (T, N, act_dim), np.int64 if discrete else np.float32),
+        "behaviour_logp": ((T, N), np.float64), "dist_out": ((T, N, out_dim), np.float32),
+        "log_std": ((T, N, 0 if discrete else act_dim), np.float32),
+        "rewards": ((T, N), np.float64), "terminated": ((T, N), np.bool_), "truncated": ((T, N), np.bool_),
+        "final_obs": ((T, N, obs_dim), np.float32), "versions": ((T, N), np.int64),
+        "last_obs": ((N, obs_dim), np.float32), "last_raw_obs": ((N, obs_dim), np.float64),
+    }
+
+
+def run(w: int, env_ids: list[int], env_cfg: EnvConfig, layout: PolicyLayout, T: int, seed: int,
+        channel: SharedArrays, lock, slots: list[SharedArrays], status: SharedArrays, free, filled,
+        errors, parent_pid: int) -> None:
+    """Rollout worker w: steps environments env_ids (columns of the slots) batch after batch."""
+    workers.blas_threads(1)
+    state = status.views()["status"]
+    envs: list[gym.Env] = []
+    try:
+        try:
+            envs = [make_env(env_cfg) for _ in env_ids]
+            state[w] = _OK
+        except Exception as err:
+            state[w] = _FAILED
+            errors.send_bytes(workers.describe(err))
+            return
+        finally:
+            filled.release()  # ready, or failed: the trainer waits for this
+        _Worker(w, env_ids, envs, layout, T, seed, channel, lock, slots, state, free, filled, errors,
+                parent_pid).loop()
+    except (KeyboardInterrupt, EOFError):  # Ctrl-C reaches the whole process group; EOF: the trainer is gone
+        pass
+    finally:
+        for env in envs:
+            env.close()
+        errors.close()
+
+
+class _Worker:
+    def __init__(self, w, env_ids, envs, layout: PolicyLayout, T, seed, channel, lock, slots, state, free,
+                 filled, errors, parent_pid):
+        self.w, self.envs, self.T, self.state, self.filled, self.errors = w, envs, T, state, filled, errors
+        self.cols = slice(env_ids[0], env_ids[-1] + 1)  # contiguous
+        self.env_ids = env_ids
+        self.channel, self.lock = channel.views(), lock
+        self.slots = [s.views() for s in slots]
+        self.parent_pid = parent_pid
+        self.wait_free = workers.Waiter(free, alive=workers.parent_alive(parent_pid))
+        self.layout = layout
+        self._flat = np.zeros(layout.size)
+        self.actor = layout.actor(self._flat)
+        self.version = -1
+        self.mean = np.zeros(self.channel["norm"].shape[1])
+        self.std = np.ones_like(self.mean)
+        self.clip = np.inf
+        self.rng = np.random.default_rng([seed, w])
+        space = envs[0].action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        if not self.discrete:
+            self.low, self.high = space.low, space.high
+
+    def refresh(self) -> None:
+        """Copy the newest published policy in (called when the channel's version changed)."""
+        channel = self.channel
+        while not self.lock.acquire(timeout=1.0):
+            if not workers.pid_alive(self.parent_pid):
+                raise EOFError("the trainer is gone")
+        try:
+            np.copyto(self._flat, channel["params"])
+            self.mean[:], self.std[:] = channel["norm"][0], channel["norm"][1]
+            self.clip = float(channel["norm"][2, 0])
+            self.version = int(channel["header"][VERSION])
+        finally:
+            self.lock.release()
+        self.actor.refresh()
+
+    def normalise(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
+        np.subtract(obs, self.mean, out)
+        np.divide(out, self.std, out)
+        np.minimum(out, self.clip, out=out)
+        np.maximum(out, -self.clip, out=out)
+        return out
+
+    def loop(self) -> None:
+        header = self.channel["header"]
+        n = len(self.envs)
+        obs = np.zeros((n, self.mean.size))
+        b = 0
+        while True:
+            self.wait_free.wait()
+            if header[STOP]:
+                return
+            try:
+                if b == 0:
+                    self.refresh()
+                    reset_seed = int(header[RESET_SEED])
+                    for j, env in zip(self.env_ids, self.envs):
+                        env.action_space.seed(reset_seed + j)
+                        obs[j - self.env_ids[0]] = env.reset(seed=reset_seed + j)[0]
+                obs = self.fill(self.slots[b % SLOTS], obs)
+                self.state[self.w] = _OK
+            except (KeyboardInterrupt, EOFError):
+                raise
+            except Exception as err:  # reported to the trainer, which raises it
+                self.state[self.w] = _FAILED
+                self.errors.send_bytes(workers.describe(err))
+                self.filled.release()
+                return
+            self.filled.release()
+            b += 1
+
+    def fill(self, slot: dict[str, np.ndarray], obs: np.ndarray) -> np.ndarray:
+        """Step T times into `slot`'s columns of this worker's environments; returns the next observations."""
+        c, T, n, header = self.cols, self.T, len(self.envs), self.channel["header"]
+        obs_out, raw_out, act_out, logp_out = slot["obs"], slot["raw_obs"], slot["actions"], slot["behaviour_logp"]
+        dist_out, std_out, version_out = slot["dist_out"], slot["log_std"], slot["versions"]
+        rewards, terminated, truncated, final_out = (slot[k] for k in ("rewards", "terminated", "truncated",
+                                                                       "final_obs"))
+        obs_n = np.empty_like(obs)
+        if self.discrete:
+            uniform = self.rng.random((T, n, 1))
+        else:
+            eps = self.rng.standard_normal((T, n, self.low.size))
+            half_sq = 0.5 * (eps * eps).sum(-1)
+            noise, clipped = np.empty((n, self.low.size)), np.empty((n, self.low.size))
+        for t in range(T):
+            if header[VERSION] != self.version:
+                self.refresh()
+            self.normalise(obs, obs_n)
+            raw_out[t, c] = obs
+            obs_out[t, c] = obs_n
+            version_out[t, c] = self.version
+            actor = self.actor
+            out = actor.forward(obs_n)
+            dist_out[t, c] = out
+            if self.discrete:
+                actions, logp = actor.sample_output(out, uniform[t])
+                logp_out[t, c] = logp
+                act_out[t, c] = actions
+            else:
+                std_out[t, c] = actor.log_std
+                np.multiply(eps[t], actor.std, noise)
+                actions = np.add(out, noise, noise)
+                logp_out[t, c] = actor.logp_const - half_sq[t]
+                act_out[t, c] = actions
+                np.minimum(actions, self.high, out=clipped)
+                actions = np.maximum(clipped, self.low, out=clipped)
+            for i, env in enumerate(self.envs):
+                ob, reward, term, trunc, _ = env.step(int(actions[i]) if self.discrete else actions[i])
+                j = c.start + i
+                if term or trunc:
+                    final = np.asarray(ob, dtype=np.float64).reshape(-1)
+                    final_out[t, j] = self.normalise(final, np.empty_like(final))
+                    ob, _ = env.reset()
+                obs[i] = np.asarray(ob).reshape(-1)
+                rewards[t, j], terminated[t, j], truncated[t, j] = reward, term, trunc
+        slot["last_raw_obs"][c] = obs
+        slot["last_obs"][c] = self.normalise(obs, obs_n)
+        return obs
