@@ -106,21 +106,23 @@ def test_auto_resume_refuses_a_different_config(tmp_path):
         train(cfg, tmp_path / "run")
 
 
-def _cli(run_dir: Path) -> list[str]:
+def _cli(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "trpo_lab", "env=hopper", "trainer.total_steps=4096",
             "trainer.steps_per_iter=512", "trainer.checkpoint_every=2", "trainer.eval_every=3",
-            "trainer.eval_episodes=1", "trpo.value_epochs=2", "logger=none", f"hydra.run.dir={run_dir}"]
+            "trainer.eval_episodes=1", "trpo.value_epochs=2", "logger=none", f"hydra.run.dir={run_dir}", *extra]
 
 
-def test_kill_9_then_same_command_continues_exactly(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("trainer.policy_lag=2",)], ids=["on-policy", "policy_lag=2"])
+def test_kill_9_then_same_command_continues_exactly(tmp_path, extra):
     """kill -9 a Hopper run mid-way (mid-episode, rows written after its last checkpoint);
-    the same command again finishes it, and every row equals the uninterrupted run's."""
-    straight = subprocess.run(_cli(tmp_path / "straight"), cwd=tmp_path, env=cli_env(),
+    the same command again finishes it, and every row equals the uninterrupted run's.
+    With a policy lag the checkpoint also holds the lagged behaviour policies."""
+    straight = subprocess.run(_cli(tmp_path / "straight", *extra), cwd=tmp_path, env=cli_env(),
                               capture_output=True, text=True, timeout=120)
     assert straight.returncode == 0, straight.stderr
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(run_dir), cwd=tmp_path, env=cli_env(),
+    proc = subprocess.Popen(_cli(run_dir, *extra), cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -133,13 +135,15 @@ def test_kill_9_then_same_command_continues_exactly(tmp_path):
     assert not (run_dir / "summary.json").exists()
     rows_at_kill = len(read_jsonl(metrics))
 
-    again = subprocess.run(_cli(run_dir), cwd=tmp_path, env=cli_env(),
+    again = subprocess.run(_cli(run_dir, *extra), cwd=tmp_path, env=cli_env(),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     expected = read_jsonl(tmp_path / "straight" / "metrics.jsonl")
     got = read_jsonl(metrics)
     assert len(expected) == 8 and rows_at_kill >= 5
     assert _comparable(got) == _comparable(expected)
+    if extra:
+        assert [r["rollout/policy_lag_max"] for r in got] == [0, 1, 2, 2, 2, 2, 2, 2]
 
 
 def test_claim_holds_a_run_dir_for_one_run_at_a_time(tmp_path):
