@@ -31,7 +31,7 @@ def test_speed_verdicts_take_the_median_of_ratios_within_each_repeat(bench):
     says = bench.verdicts(runs)
     assert ">= 3x sb3-contrib steps/s: met (3.57; median of 3.57 / 3.57 / 3.57)" in says
     assert ">= 70% of raw env.step: met (71%; median of 71% / 71% / 71%)" in says
-    assert "subproc >= 1.5x single process: met (1.60; median of 1.60 / 1.60 / 0.80)" in says
+    assert "subproc over single process (no target): 1.60; median of 1.60 / 1.60 / 0.80" in says
 
 
 def test_ratios_pair_the_runs_of_one_seed_and_repeat(bench):
@@ -45,7 +45,7 @@ def test_speed_verdicts_say_not_met(bench):
     says = bench.verdicts(runs)
     assert ">= 3x sb3-contrib steps/s: NOT met (2.86)" in says
     assert ">= 70% of raw env.step: NOT met (57%)" in says
-    assert "subproc >= 1.5x single process: NOT met (1.25)" in says
+    assert "subproc over single process (no target): 1.25" in says
 
 
 def test_learning_verdict_is_over_seeds_and_scoped(bench):
@@ -72,5 +72,17 @@ def test_subproc_verdict_names_the_two_core_ceiling_of_the_same_repeats(bench):
         runs += [_run("raw", raw), _run("raw-parallel", parallel), _run("trpo_lab", sync),
                  _run("trpo_lab-subproc", subproc)]
     (verdict,) = [v for v in bench.verdicts(runs) if v.startswith("subproc")]
-    assert verdict == ("subproc >= 1.5x single process: NOT met (1.28; median of 1.29 / 1.28 / 1.20; "
-                       "two independent raw processes: 1.50x of one)")
+    assert verdict == ("subproc over single process (no target): 1.28; median of 1.29 / 1.28 / 1.20; "
+                       "two independent raw processes: 1.50x of one")
+
+
+def test_async_verdicts_against_sync_subproc_and_the_ceiling(bench):
+    runs = []
+    for sync, subproc, asynchronous, parallel in [(4000, 5000, 6400, 8000), (2000, 2600, 2800, 4000)]:
+        runs += [_run("trpo_lab", sync), _run("trpo_lab-subproc", subproc), _run("trpo_lab-async", asynchronous),
+                 _run("raw-parallel", parallel)]
+    says = bench.verdicts(runs)
+    assert "async >= 1.5x single process: met (1.50; median of 1.60 / 1.40)" in says
+    assert "async >= 1.15x subproc: met (1.18; median of 1.28 / 1.08)" in says
+    assert "async of the raw-parallel ceiling (no target): 75%; median of 80% / 70%" in says
+    assert "trpo_lab-async peak RSS < 1 GiB: met (300 MiB, but at 61,440 steps; the target is for 1M)" in says
