@@ -151,3 +151,19 @@ def test_report_reads_an_sqlite_study_by_url_and_by_file(tmp_path):
         assert result["studies"] == 1 and result["runs"] == 0 and not result["skipped"]
         assert "fig-study0-history" in result["figures"]
         assert "<pre class='overrides'>trpo.delta=" in (tmp_path / "r.html").read_text()
+
+
+def test_a_staleness_grid_gets_the_return_against_lag_figure(tmp_path):
+    from trpo_lab.report import build_report
+
+    sweep = tmp_path / "multirun" / "staleness"
+    proc = run_cli("-m", "env=cartpole", "trainer.total_steps=1024", "trainer.steps_per_iter=512",
+                   "trainer.eval_episodes=1", "trpo.value_epochs=1", "logger=none", "trainer.policy_lag=0,1",
+                   "trpo.off_policy_correction=importance,none", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    made = build_report([str(sweep)], tmp_path / "report.html")
+    assert "fig-staleness" in made["figures"]
+    page = (tmp_path / "report.html").read_text()
+    assert "| lag 1 | none | 1 |" in page and "| pi_old (sync) | any | 2 |" in page
+    plain = build_report([str(sweep / "0")], tmp_path / "plain.html")  # one on-policy run: no such figure
+    assert "fig-staleness" not in plain["figures"]

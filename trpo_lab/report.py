@@ -677,6 +677,22 @@ window.addEventListener('load', function () {
 """
 
 
+def staleness_section(runs: list[Run], figures: Figures) -> list[str]:
+    """Final return against policy lag per correction (trpo_lab/staleness.py), for runs that vary them."""
+    from trpo_lab import staleness
+
+    if not staleness.is_staleness_study(runs):
+        return []
+    found = staleness.cells(runs)
+    if not found:
+        return []
+    caption = ("Final evaluation return against the behaviour policy's lag, one line per off-policy "
+               "correction: IQM over seeds with a 95% bootstrap band; asynchronous runs at their measured "
+               "mean lag (docs/off_policy.md).")
+    return ["<h2 id='staleness'>Staleness</h2>", figures.add(staleness.figure(found), "fig-staleness", caption),
+            "<pre>" + html.escape(staleness.table_markdown(found)) + "</pre>"]
+
+
 def build_report(paths: list[str], out: Path, title: Optional[str] = None) -> dict[str, Any]:
     """Write the page to `out` (PNGs in `<out stem>_files/`); returns what it contains."""
     inputs = collect_inputs(paths)
@@ -717,6 +733,7 @@ def build_report(paths: list[str], out: Path, title: Optional[str] = None) -> di
             body.append(study_section(study, i, figures))
         except Exception as err:
             inputs.skipped.append((f"study {study.study_name}", f"could not be drawn: {type(err).__name__}: {err}"))
+    body.extend(staleness_section(inputs.runs, figures))
     if configs:
         body.append("<h2 id='trust-region'>Trust-region diagnostics</h2>")
         body.append(trust_region_figure(configs, figures) or "<p class='note'>No diagnostics to plot.</p>")
