@@ -1,7 +1,7 @@
 """The numpy actor that collects is the torch policy that is updated: same actions, same log-probabilities.
 
 Collection stores the actor's log-probabilities as log beta(a|s), the
-denominator of the surrogate's importance ratio (DESIGN.md); if they drifted
+denominator of the surrogate's importance ratio (docs/design.md); if they drifted
 from the torch policy's log pi(a|s), the first ratio of every update would be
 wrong while the learning tests might still pass.
 """

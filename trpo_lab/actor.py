@@ -30,7 +30,7 @@ class NumpyActor:
 
     Takes float observations [N, obs_dim]; returns actions [N, act_dim]
     (float64) or [N] (int64) and their log-probabilities under the copied
-    policy (the behaviour policy beta of DESIGN.md). The forward pass writes
+    policy (the behaviour policy beta of docs/design.md). The forward pass writes
     into arrays allocated once per batch size.
     """
 

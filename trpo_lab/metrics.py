@@ -1,6 +1,6 @@
 """Metric and summary names: defined once, used by the trainer, loggers, sweeper and reports.
 
-These strings are a contract (shared/DESIGN.md): `metrics.jsonl`, wandb and
+These strings are a contract (docs/design.md): `metrics.jsonl`, wandb and
 `summary.json` use them verbatim, and sweeps read `summary.json` fields.
 """
 

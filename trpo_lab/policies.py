@@ -1,7 +1,7 @@
 """Policies and the value network.
 
 The policy and the value function are separate modules with separate
-parameters: the value fit never moves the policy (DESIGN.md step 4).
+parameters: the value fit never moves the policy (docs/design.md, The algorithm, step 4).
 
 Two policies share one interface (`Policy`):
     GaussianPolicy     Box actions: diagonal Gaussian, state-independent log-std

@@ -211,7 +211,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             if pc.normalize_advantages:
                 flat_adv = (flat_adv - flat_adv.mean()) / (flat_adv.std() + 1e-8)
             flat_obs = rollout.obs.reshape(T * N, -1)
-            # The critic fit (DESIGN.md step 4) never reads the policy: started here, it
+            # The critic fit (docs/design.md, step 4) never reads the policy: started here, it
             # runs when its result is asked for, or beside the policy update (see ValueFitter.start).
             fit = agent.value_fitter.start(flat_obs, returns.reshape(-1), pc.value_epochs, pc.value_minibatch,
                                            generator)

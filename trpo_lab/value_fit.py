@@ -1,6 +1,6 @@
 """Fitting the critic V(s) to the returns: minibatch MSE regression with Adam.
 
-DESIGN.md step 4, with the mathematics of `torch.optim.Adam` on
+docs/design.md (The algorithm, step 4), with the mathematics of `torch.optim.Adam` on
 `mean((V(s) - R)^2)`, written out for the MLP critic. An iteration makes
 epochs x (batch / minibatch) = 320 tiny steps (minibatch 128, 64x64 net) at
 the rl-zoo3 settings. Through autograd and `torch.optim` each costs about a
