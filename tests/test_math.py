@@ -34,7 +34,7 @@ def _explicit_kl_hessian(policy, obs):
 
 def _every_activation():
     """Each activation in both policy families (elu and silu have non-trivial derivatives)."""
-    from trpo_lab.actor import ACTIVATIONS
+    from trpo_lab.activations import NAMES as ACTIVATIONS
 
     torch.manual_seed(3)
     cases = []

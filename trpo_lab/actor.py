@@ -10,18 +10,10 @@ torch policy's for every activation.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 
-# In place: each overwrites its argument with activation(argument).
-NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], object]] = {
-    "tanh": lambda h: np.tanh(h, h),
-    "relu": lambda h: np.maximum(h, 0.0, out=h),
-    "elu": lambda h: np.copyto(h, np.where(h > 0, h, np.expm1(np.minimum(h, 0.0)))),
-    "silu": lambda h: np.multiply(h, 1.0 / (1.0 + np.exp(-h)), out=h),
-}
-ACTIVATIONS = tuple(NUMPY_ACTIVATIONS)
+from trpo_lab.activations import ACTIVATIONS
+
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -39,7 +31,7 @@ class NumpyActor:
         """weights[i]: layer i's weight transposed, [in, out], C-contiguous float64; biases[i]: [out]."""
         self.weights, self.biases = weights, biases
         self.activation = activation
-        self.act = NUMPY_ACTIVATIONS[activation]
+        self.act = ACTIVATIONS[activation].numpy
         self.log_std = log_std
         self.refresh()
         self._buffers: dict[int, list[np.ndarray]] = {}

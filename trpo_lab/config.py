@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from trpo_lab.actor import ACTIVATIONS
+from trpo_lab.activations import NAMES as ACTIVATIONS
 
 
 class ConfigError(ValueError):

@@ -16,21 +16,12 @@ forward pass. Checked against autograd in tests/test_math.py.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh, "relu": torch.relu, "elu": nn.functional.elu, "silu": nn.functional.silu,
-}
-# d activation(z) / dz, given the pre-activation z and the activation y = f(z).
-DERIVATIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "tanh": lambda z, y: 1.0 - y * y,
-    "relu": lambda z, y: (z > 0).to(y.dtype),
-    "elu": lambda z, y: torch.where(z > 0, torch.ones_like(y), y + 1.0),
-    "silu": lambda z, y: torch.sigmoid(z) * (1.0 + z * (1.0 - torch.sigmoid(z))),
-}
+from trpo_lab.activations import ACTIVATIONS
 
 
 def linear_layers(net: nn.Sequential) -> list[nn.Linear]:
@@ -47,7 +38,8 @@ class Linearisation:
     @torch.no_grad()
     def __init__(self, net: nn.Sequential, activation: str, x: torch.Tensor):
         self.layers = linear_layers(net)
-        act, derivative = ACTIVATIONS[activation], DERIVATIVES[activation]
+        spec = ACTIVATIONS[activation]
+        act, derivative = getattr(nn, spec.torch_module)(), spec.slope
         self.inputs: list[torch.Tensor] = []   # input of each layer, [B, in_l]
         self.slopes: list[torch.Tensor] = []   # activation'(z) after each hidden layer, [B, out_l]
         h = x

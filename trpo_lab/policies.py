@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from trpo_lab.activations import ACTIVATIONS
 from trpo_lab.actor import NumpyActor
 
-_TORCH_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -32,7 +32,7 @@ def mlp(in_dim: int, hidden: list[int], out_dim: int, activation: str, ortho_ini
     layers: list[nn.Module] = []
     widths = [in_dim, *hidden]
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), _TORCH_ACTIVATIONS[activation]()]
+        layers += [nn.Linear(a, b), getattr(nn, ACTIVATIONS[activation].torch_module)()]
     layers.append(nn.Linear(widths[-1], out_dim))
     if ortho_init:
         linears = [m for m in layers if isinstance(m, nn.Linear)]

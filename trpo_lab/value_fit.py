@@ -27,37 +27,9 @@ import numpy as np
 import torch
 
 from trpo_lab import workers
+from trpo_lab.activations import ACTIVATIONS
 from trpo_lab.mlp_grad import linear_layers
 from trpo_lab.policies import ValueNet
-
-
-def _tanh(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
-    np.tanh(z, out)
-    np.multiply(out, out, slope)
-    np.subtract(1.0, slope, slope)  # tanh' = 1 - tanh^2
-
-
-def _relu(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
-    np.maximum(z, 0.0, out=out)
-    np.copyto(slope, z > 0)
-
-
-def _elu(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
-    positive = z > 0
-    np.copyto(out, np.where(positive, z, np.expm1(np.minimum(z, 0.0))))
-    np.copyto(slope, np.where(positive, 1.0, out + 1.0))
-
-
-def _silu(z: np.ndarray, out: np.ndarray, slope: np.ndarray) -> None:
-    sigmoid = 1.0 / (1.0 + np.exp(-z))
-    np.multiply(z, sigmoid, out=out)
-    np.copyto(slope, sigmoid * (1.0 + z * (1.0 - sigmoid)))
-
-
-# activation(z) into `out` and its derivative at z into `slope`.
-ACTIVATIONS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], None]] = {
-    "tanh": _tanh, "relu": _relu, "elu": _elu, "silu": _silu,
-}
 
 
 class _Workspace:
@@ -82,7 +54,7 @@ class MLPRegression:
 
     def __init__(self, shapes: list[tuple[int, int]], activation: str, theta: np.ndarray, m: np.ndarray,
                  v: np.ndarray, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.activation = ACTIVATIONS[activation]
+        self.activation = ACTIVATIONS[activation].numpy_with_slope
         self.theta, self.m, self.v = theta, m, v
         self.lr, self.betas, self.eps = lr, betas, eps
         self.step = 0
