@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from trpo_lab.config import EVAL_SEED_OFFSET  # noqa: E402
 
 # The peer's settings: rl-zoo3 hyperparams/trpo.yml for MuJoCo (sb3-contrib 2.9.2).
 # trpo_lab is given the same ones explicitly, whatever its defaults are.
@@ -60,7 +62,6 @@ SETTINGS = dict(
     # (torch's default is 1e-8). Passed to both explicitly.
     adam_eps=1e-5,
 )
-EVAL_SEED_OFFSET = 10_000
 
 
 # sb3-contrib's TRPO measures the KL of its diagonal Gaussian per action
@@ -178,7 +179,7 @@ def _evaluate(env_id: str, act, seed: int, episodes: int) -> float:
     env = gym.make(env_id)
     returns = []
     for ep in range(episodes):
-        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + ep)
+        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET + ep)  # as trpo_lab's trainer seeds them
         total, done = 0.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(

@@ -209,6 +209,16 @@ def steps_per_env(trainer: TrainerConfig) -> int:
     return trainer.steps_per_iter // trainer.n_envs
 
 
+# Evaluation episode i of a run is seeded trainer.seed + EVAL_SEED_OFFSET + i: apart from
+# the training environments' seeds (trainer.seed + env index).
+EVAL_SEED_OFFSET = 10_000
+
+
+def eval_seed(trainer: TrainerConfig) -> int:
+    """The seed of a run's first evaluation episode."""
+    return trainer.seed + EVAL_SEED_OFFSET
+
+
 def num_iterations(trainer: TrainerConfig) -> int:
     """Updates needed to reach total_steps (the last batch may overshoot)."""
     return max(1, math.ceil(trainer.total_steps / trainer.steps_per_iter))

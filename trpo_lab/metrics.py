@@ -45,4 +45,3 @@ SUMMARY_FIELDS = (
     "env_id", "env_steps", "iterations", "wall_time_s", "steps_per_s", "train_return_last10",
     "eval_return", "best_eval_return", "objective", "status",
 )
-STATUSES = ("completed", "failed", "pruned", "interrupted")

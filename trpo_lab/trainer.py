@@ -23,7 +23,7 @@ from trpo_lab import resume, workers
 from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
-from trpo_lab.config import Config, num_iterations, steps_per_env, validate
+from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, make_env
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import Policy, ValueNet, make_policy
@@ -262,7 +262,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             prune = False
             if evaluates:
                 eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
-                                                 tc.eval_episodes, tc.seed + 10_000)
+                                                 tc.eval_episodes, eval_seed(tc))
                 best_eval = max(best_eval, eval_return)
                 row[M.EVAL_RETURN], row[M.EVAL_RETURN_STD] = eval_return, eval_std
                 prune = on_eval is not None and on_eval(env_steps, eval_return)
@@ -277,7 +277,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 raise PruneRequested
 
         eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
-                                         tc.eval_episodes, tc.seed + 10_000)
+                                         tc.eval_episodes, eval_seed(tc))
         best_eval = max(best_eval, eval_return)
         status = "completed"
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)

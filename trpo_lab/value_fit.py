@@ -176,13 +176,6 @@ class ValueFitter:
         self.core = MLPRegression(self.shapes, self.activation_name, theta, m, v, lr, betas, eps)
         self.core.step = step
 
-    @property
-    def step(self) -> int:
-        return self.core.step
-
-    def minibatch_step(self, obs: np.ndarray, returns: np.ndarray) -> float:
-        return self.core.minibatch_step(obs, returns)
-
     def fit(self, obs: np.ndarray, returns: np.ndarray, epochs: int, minibatch: int,
             generator: torch.Generator) -> float:
         """`epochs` passes over (obs [B, obs_dim], returns [B]) in random minibatches.
