@@ -28,6 +28,26 @@ def test_every_group_option_composes_and_validates(group, option):
     validate(cfg)
 
 
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_validates_and_names_its_task(preset):
+    cfg = to_config(_compose(f"experiment={preset}"))
+    validate(cfg)
+    task = preset.split("_", 1)[-1]
+    assert cfg.env.id == to_config(_compose(f"env={task}")).env.id
+
+
+def test_zoo_presets_are_rl_zoo3_settings_in_trpo_labs_units():
+    """delta = target_kl x action dimensions (HalfCheetah's target_kl is 0.04), Swimmer's gamma 0.9999."""
+    expected = {"hopper": (0.03, 0.3), "walker": (0.06, 0.6), "halfcheetah": (0.24, 0.6), "ant": (0.08, 0.8),
+                "swimmer": (0.02, 0.2)}
+    for task, (delta, damping) in expected.items():
+        cfg = to_config(_compose(f"experiment=zoo_{task}"))
+        assert (cfg.trpo.delta, cfg.trpo.cg_damping) == pytest.approx((delta, damping)), task
+        assert cfg.trpo.gamma == (0.9999 if task == "swimmer" else 0.99)
+    # An experiment is a starting point: the command line still wins.
+    assert to_config(_compose("experiment=zoo_hopper", "trpo.delta=0.05")).trpo.delta == 0.05
+
+
 def test_design_env_options_exist_with_expected_ids():
     expected = {
         "walker": "Walker2d-v5", "hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "ant": "Ant-v5",
