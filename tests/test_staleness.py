@@ -5,14 +5,14 @@ import numpy as np
 
 from trpo_lab import metrics as M
 from trpo_lab.report import Run
-from trpo_lab.staleness import cells, figure, is_staleness_study, table_markdown
+from trpo_lab.staleness import cells, diagnostics_figure, figure, is_staleness_study, table_markdown
 
 
 def _run(seed, score, lag=0, correction="importance", collection="sync", env_id="Hopper-v5", status="completed"):
     settings = {"trainer.policy_lag": lag, "trpo.off_policy_correction": correction,
                 "trainer.collection": collection, "trpo.delta": 0.03}
-    rows = [{M.ENV_STEPS: 2048 * i, M.POLICY_LAG_MEAN: 0.6 if collection == "async" else float(min(i - 1, lag))}
-            for i in range(1, 4)]
+    rows = [{M.ENV_STEPS: 2048 * i, M.POLICY_LAG_MEAN: 0.6 if collection == "async" else float(min(i - 1, lag)),
+             M.BEHAVIOUR_KL: 0.01 * lag, M.IS_ESS: 1.0 - 0.1 * lag, M.IS_RATIO_MAX: 1.0 + lag} for i in range(1, 4)]
     return Run(Path(f"/runs/{lag}-{correction}-{collection}-{seed}"), env_id, settings, seed, status, rows,
                {"eval_return": score, "env_steps": 6144})
 
@@ -60,3 +60,13 @@ def test_a_plain_grid_is_not_a_staleness_study():
     assert not is_staleness_study(plain)
     assert is_staleness_study(_study())
     assert is_staleness_study([_run(0, 1.0, lag=1)])
+
+
+def test_diagnostics_figure_draws_each_cells_staleness_over_training():
+    found = cells(_study())
+    fig = diagnostics_figure(found)
+    assert len(fig.axes) == 4
+    ess = fig.axes[2]
+    assert len(ess.get_lines()) == len(found)
+    lag2_none = [line for line in ess.get_lines() if line.get_label() == "lag 2, none"][0]
+    np.testing.assert_allclose(lag2_none.get_ydata(), [0.8, 0.8, 0.8])

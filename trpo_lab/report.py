@@ -689,8 +689,12 @@ def staleness_section(runs: list[Run], figures: Figures) -> list[str]:
     caption = ("Final evaluation return against the behaviour policy's lag, one line per off-policy "
                "correction: IQM over seeds with a 95% bootstrap band; asynchronous runs at their measured "
                "mean lag (docs/off_policy.md).")
+    diagnostics = ("The staleness of each batch over training (mean over seeds): the lag of its samples, "
+                   "the KL from the behaviour policy to pi_old, and the effective sample size and largest "
+                   "value of the importance weights pi_old / beta.")
     return ["<h2 id='staleness'>Staleness</h2>", figures.add(staleness.figure(found), "fig-staleness", caption),
-            "<pre>" + html.escape(staleness.table_markdown(found)) + "</pre>"]
+            "<pre>" + html.escape(staleness.table_markdown(found)) + "</pre>",
+            figures.add(staleness.diagnostics_figure(found), "fig-staleness-diagnostics", diagnostics)]
 
 
 def build_report(paths: list[str], out: Path, title: Optional[str] = None) -> dict[str, Any]:

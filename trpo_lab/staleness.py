@@ -26,6 +26,8 @@ import numpy as np
 from trpo_lab import metrics as M
 
 KEYS = ("trainer.collection", "trainer.policy_lag", "trpo.off_policy_correction")
+DIAGNOSTICS = ((M.POLICY_LAG_MEAN, "mean policy lag of the batch"), (M.BEHAVIOUR_KL, "KL(beta || pi_old)"),
+               (M.IS_ESS, "effective sample size of pi_old / beta"), (M.IS_RATIO_MAX, "largest pi_old / beta"))
 CORRECTIONS = ("importance", "truncated", "none")
 
 
@@ -37,6 +39,7 @@ class Cell:
     correction: str
     scores: list[float]      # final evaluation return per seed
     mean_lags: list[float]   # mean of rollout/policy_lag_mean over each run's iterations
+    runs: list               # the runs behind the scores
 
     @property
     def label(self) -> str:
@@ -64,8 +67,9 @@ def cells(runs: list) -> list[Cell]:
         if collection == "sync" and lag == 0:
             correction = "any"
         key = (run.env_id, collection, lag, correction)
-        cell = out.setdefault(key, Cell(run.env_id, collection, lag, correction, [], []))
+        cell = out.setdefault(key, Cell(run.env_id, collection, lag, correction, [], [], []))
         cell.scores.append(run.final_return)
+        cell.runs.append(run)
         lags = [row[M.POLICY_LAG_MEAN] for row in run.rows if row.get(M.POLICY_LAG_MEAN) is not None]
         cell.mean_lags.append(float(np.mean(lags)) if lags else float(lag))
     order = {c: i for i, c in enumerate(("any", *CORRECTIONS))}
@@ -131,6 +135,39 @@ def figure(all_cells: list[Cell]):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="best")
     fig.tight_layout()
+    return fig
+
+
+def diagnostics_figure(all_cells: list[Cell]):
+    """The staleness metrics against environment steps, one line per cell (mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4.2 * len(DIAGNOSTICS), 3.6), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for i, c in enumerate(all_cells):
+        for ax, (key, title) in zip(axes[0], DIAGNOSTICS):
+            series = [[(row[M.ENV_STEPS], row[key]) for row in run.rows if row.get(key) is not None]
+                      for run in c.runs]
+            series = [s for s in series if s]
+            if not series:
+                continue
+            n = min(len(s) for s in series)
+            steps = np.array([p[0] for p in series[0][:n]])
+            values = np.mean([[p[1] for p in s[:n]] for s in series], axis=0)
+            ax.plot(steps, values, color=cmap(i % 10), label=f"{c.env_id} {c.label}" if len(
+                {x.env_id for x in all_cells}) > 1 else c.label)
+    for ax, (key, title) in zip(axes[0], DIAGNOSTICS):
+        ax.set_title(f"{key}\n{title}", fontsize="small")
+        ax.set_xlabel("environment steps")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize="small",
+                   bbox_to_anchor=(0.5, -0.02 - 0.05 * (len(labels) // 6)))
+    fig.tight_layout(rect=(0, 0.1 + 0.05 * (len(labels) // 6), 1, 1))
     return fig
 
 
