@@ -202,14 +202,12 @@ class RunLogger:
     def __init__(self, cfg: Config, run_dir: Path, total_steps: int, run_name: str, initial_steps: int = 0):
         self.run_dir = run_dir
         self.metrics_file = open(run_dir / "metrics.jsonl", "a")
-        self.kl_limit = cfg.trpo.delta
         group, name = run_identity(cfg)
         self.wandb = WandbRun(cfg.logger.wandb, run_dir, flat_config(cfg), name or run_name, group,
                               resumed=initial_steps > 0)
         self.progress = ProgressBar(total_steps, cfg.trainer.progress, initial_steps)
 
     def log(self, row: dict[str, Any]) -> None:
-        row = {**row, M.KL_LIMIT: self.kl_limit} if M.KL in row else row
         self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
         self.wandb.log(row)

@@ -244,6 +244,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 M.EP_RETURN: _mean(ep_returns),
                 M.EP_LEN: _mean([n for _, n in episodes]),
                 M.KL: stats.kl,
+                M.KL_LIMIT: pc.delta,
                 M.SURROGATE_GAIN: stats.surrogate_gain,
                 M.LINE_SEARCH_STEPS: stats.line_search_steps,
                 M.LINE_SEARCH_SUCCESS: int(stats.line_search_success),
