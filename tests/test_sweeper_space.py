@@ -187,3 +187,18 @@ def test_every_pruner_option_builds(conf, pruner):
 
     cfg = OmegaConf.load(conf / "pruner" / f"{pruner}.yaml")
     assert isinstance(instantiate(cfg), optuna.pruners.BasePruner)
+
+
+def test_a_sweep_without_multirun_says_it_needs_m(tmp_path):
+    r = run_cli("sweep=trust_region", "env=cartpole", "logger=none", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "sweep=trust_region is a sweep, which needs -m" in r.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing was trained
+
+
+def test_a_misspelt_sweeper_setting_on_the_command_line_names_the_closest(tmp_path):
+    r = run_cli("-m", "sweep=trust_region", "env=cartpole", "hydra.sweeper.n_trails=2",
+                f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "hydra.sweeper.n_trails is not a setting; did you mean hydra.sweeper.n_trials?" in r.stderr
+    assert "+hydra.sweeper" not in r.stderr

@@ -57,6 +57,10 @@ class OutputDirCheck(Callback):
     and in a single run the config too, so a bad one leaves no directory behind."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        sweep = config.hydra.runtime.choices.get("sweep")
+        if sweep:  # without -m Hydra would train the defaults once, silently
+            _fail(f"error: sweep={sweep} is a sweep, which needs -m (--multirun): "
+                  f"python -m trpo_lab -m sweep={sweep} ...", 2)
         try:
             validate(to_config(config))
         except (ConfigError, EnvError) as err:
