@@ -134,7 +134,8 @@ def test_custom_search_space_suggests_more_params_per_trial(tmp_path):
             x = trial.params["x"]
             trial.suggest_float("+w", x - 0.25, x + 0.25)  # + because w is new to the config
     '''))
-    r = run_app(tmp_path / "app.py", f"hydra.sweep.dir={tmp_path / 's'}", "hydra.sweeper.custom_search_space=space.configure",
+    r = run_app(tmp_path / "app.py", f"hydra.sweep.dir={tmp_path / 's'}",
+                "hydra.sweeper.custom_search_space=space.configure",
                 "hydra.sweeper.n_trials=3")
     assert r.returncode == 0, r.stderr[-3000:]
     best = results(tmp_path / "s")["best_params"]
@@ -334,3 +335,24 @@ def test_ctrl_c_keeps_a_finished_seed_of_the_interrupted_trial(tmp_path):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].value == pytest.approx(trials[1].params["x"] + 0.5)  # the mean of seeds 0 and 1
     assert trials[1].user_attrs["job_seed0"] == trials[0].user_attrs["job_seed0"]  # its output folder
+
+
+def test_the_return_value_must_fit_the_directions():
+    from trpo_lab.sweeper.core import _returned_values
+
+    assert _returned_values(2, 1) == ([2.0], None)
+    assert _returned_values((1, 2), 2) == ([1.0, 2.0], None)
+    assert "needs a number" in _returned_values(None, 1)[1]
+    assert "returned 3 values for 2 directions" in _returned_values((1, 2, 3), 2)[1]
+    assert "sequence of 2 numbers" in _returned_values(1.5, 2)[1]
+
+
+def test_seeds_per_trial_needs_a_seed_key_and_directions_read_the_plugins_enum():
+    import enum
+
+    from trpo_lab.sweeper.core import SweepError, TrpoOptunaSweeperImpl
+
+    with pytest.raises(SweepError, match="seeds_per_trial=2 needs hydra.sweeper.seed_key"):
+        TrpoOptunaSweeperImpl(seeds_per_trial=2)._check_settings()
+    Direction = enum.Enum("Direction", "minimize maximize")  # the plugin's structured configs use one
+    assert TrpoOptunaSweeperImpl(direction=[Direction.maximize, "minimize"]).directions == ["maximize", "minimize"]

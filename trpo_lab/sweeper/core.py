@@ -173,7 +173,7 @@ class TrpoOptunaSweeperImpl:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage_url = self.storage_url or default_storage_url(sweep_dir)
-        self._claim_dir(sweep_dir, storage_url)
+        self._claim_dir(sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self._open_study(storage_url, arguments, base_args, space)
         self.budget_lock = BudgetLock(storage_url, self.study_name)
@@ -232,15 +232,14 @@ class TrpoOptunaSweeperImpl:
             except ValueError as err:
                 raise SweepError(f"the search space reaches an invalid config ({' '.join(sample)}): {err}") from None
 
-    def _claim_dir(self, sweep_dir: Path, storage_url: str) -> None:
+    def _claim_dir(self, sweep_dir: Path) -> None:
         """One study per sweep dir: a second would overwrite the first one's trials.csv and results."""
         mark = sweep_dir / STUDY_MARK
-        here = f"{self.study_name}\n{storage_url}\n"
-        if mark.exists() and mark.read_text() != here:
-            name = mark.read_text().splitlines()[0]
+        name = mark.read_text().strip() if mark.exists() else self.study_name
+        if name != self.study_name:
             raise SweepError(f"{sweep_dir} holds the results of study {name!r}; study {self.study_name!r} would "
                              "overwrite its trials.csv: give it its own hydra.sweep.dir")
-        mark.write_text(here)
+        mark.write_text(self.study_name + "\n")
 
     # ---- the study -----------------------------------------------------------------------
     def _open_study(self, storage_url: str, arguments: list[str], base_args: list[str],
