@@ -245,9 +245,13 @@ def test_seeds_per_trial_trains_k_seeds_and_averages(tmp_path):
     assert trial.user_attrs["seed_values"]["objective"] == per_seed
     assert trial.value == pytest.approx(sum(per_seed) / 2)
     for i in (0, 1):
-        task = yaml.safe_load((sweep_dir / str(trial.user_attrs[f"job_seed{i}"]) / ".hydra" / "overrides.yaml")
-                              .read_text())
-        assert f"trainer.seed={i}" in task and f"trial.seed_index={i}" in task
+        job_dir = sweep_dir / str(trial.user_attrs[f"job_seed{i}"]) / ".hydra"
+        task = yaml.safe_load((job_dir / "overrides.yaml").read_text())
+        assert f"trainer.seed={i}" in task
+        # The job found its trial through hydra.job.env_set (trpo_lab.sweeper.job), not a config key.
+        link = json.loads(yaml.safe_load((job_dir / "hydra.yaml").read_text())["hydra"]["job"]["env_set"]
+                          ["TRPO_OPTUNA_TRIAL"])
+        assert link["seed_index"] == i and link["number"] == trial.number
     # Seed means were reported at each evaluation step, for the pruner to compare.
     assert sorted(trial.intermediate_values) == [512, 1024, 1536]
 

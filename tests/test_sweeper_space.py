@@ -5,7 +5,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from trpo_lab.sweeper.search_space import SearchSpaceError, override_value, parse_search_space
 
 
@@ -24,19 +24,49 @@ def test_each_form_maps_to_its_distribution():
     assert d["a"] == FloatDistribution(0.1, 1.0)
     assert d["b"] == IntDistribution(1, 10)
     assert d["c"] == FloatDistribution(1e-4, 1e-1, log=True)
-    assert d["d"] == IntDistribution(16, 48, step=16)  # Hydra's range excludes the stop value
+    assert d["d"] == IntDistribution(16, 64, step=16)  # Hydra's Optuna plugin: the stop value is searched
     assert d["e"] == CategoricalDistribution(("tanh", "relu"))
-    assert isinstance(d["f"], FloatDistribution) and d["f"].low == 0.1 and d["f"].high == pytest.approx(0.4)
+    assert isinstance(d["f"], FloatDistribution) and d["f"].low == 0.1 and d["f"].high == pytest.approx(0.5)
     assert space.fixed == {"g": "0.99", "h": "mlp64"}
 
 
 def test_command_line_sweeps_join_and_win():
     space = parse_search_space({"a": "interval(0, 1)"}, ["a=choice(1,2)", "b=range(1,4)", "c=5"])
     assert space.distributions["a"] == CategoricalDistribution((1, 2))
-    assert space.distributions["b"] == IntDistribution(1, 3)
+    assert space.distributions["b"] == IntDistribution(1, 4)
     assert "c" not in space.distributions and "c" not in space.fixed  # plain overrides reach jobs as they are
     pinned = parse_search_space({"a": "interval(0, 1)", "b": "interval(0, 1)", "d": 3}, ["a=0.5", "d=4"])
     assert set(pinned.distributions) == {"b"} and pinned.fixed == {}  # a=0.5, d=4 reach jobs as written
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("k=range(1,3)", IntDistribution(1, 3)),                       # the plugin's meaning, not Hydra's 1, 2
+    ("k=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+    ("k=range(0, 10, 3)", IntDistribution(0, 9, step=3)),            # the last step at or below the stop
+    ("k=shuffle(range(1,4))", CategoricalDistribution((1, 2, 3))),   # Hydra's values, in order
+    ("k=shuffle(choice(a,b))", CategoricalDistribution(("a", "b"))),
+    ("k=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
+    ("k=interval(1, 5)", FloatDistribution(1, 5)),
+])
+def test_range_and_shuffle_mean_what_they_mean_in_hydras_optuna_plugin(line, expected):
+    assert parse_search_space({}, [line]).distributions["k"] == expected
+
+
+def test_the_grid_takes_hydras_range_values_below_the_stop():
+    space = parse_search_space({"x": "choice(-1, 1)", "y": "range(-1.0, 1.0, step=1)", "z": "interval(0, 1)"})
+    assert space.grid == {"x": [-1, 1], "y": [-1.0, 0.0]}  # an interval has no grid
+
+
+def test_the_plugins_deprecated_search_space_form_still_reads():
+    with pytest.warns(UserWarning, match="deprecated"):
+        space = parse_search_space(None, search_space={"x": {"type": "float", "low": -5.5, "high": 5.5, "step": 0.5},
+                                                       "n": {"type": "int", "low": 1, "high": 100, "log": True},
+                                                       "c": {"type": "categorical", "choices": [1, 2]}})
+    assert space.distributions == {"x": FloatDistribution(-5.5, 5.5, step=0.5),
+                                   "n": IntDistribution(1, 100, log=True), "c": CategoricalDistribution((1, 2))}
+    with pytest.warns(UserWarning, match="Both"):
+        both = parse_search_space({"x": "choice(1, 2)"}, search_space={"x": {"type": "float", "low": 0, "high": 1}})
+    assert both.distributions["x"] == CategoricalDistribution((1, 2))  # params wins
 
 
 @pytest.mark.parametrize("params, words", [
@@ -108,7 +138,10 @@ def test_every_sweep_file_composes_and_parses(name):
         assert len(directions) == 2 and sweeper.pruner._target_.endswith("NopPruner")
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid", "qmc", "gp"])
+PLUGIN_CONF = REPO / "hydra_plugins" / "trpo_optuna_sweeper" / "conf" / "hydra" / "sweeper"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid", "qmc", "gp", "nsgaii"])
 def test_every_sampler_option_builds_and_samples(sampler):
     import optuna
     from omegaconf import OmegaConf
@@ -120,7 +153,7 @@ def test_every_sampler_option_builds_and_samples(sampler):
         pytest.importorskip("cmaes")  # an optional extra: pip install trpo_lab[samplers]
     if sampler in ("qmc", "gp"):
         pytest.importorskip("scipy")
-    cfg = OmegaConf.load(REPO / "trpo_lab" / "conf" / "hydra" / "sweeper" / "sampler" / f"{sampler}.yaml")
+    cfg = OmegaConf.load(PLUGIN_CONF / "sampler" / f"{sampler}.yaml")
     params = ({"trpo.cg_iters": "range(5, 30, 5)", "network.activation": "choice(tanh, relu)"} if sampler == "grid"
               else {"trpo.delta": "tag(log, interval(0.001, 0.1))", "trpo.cg_iters": "int(interval(5, 30))"})
     impl = TrpoOptunaSweeperImpl(study_name="s", storage=None, n_trials=3, n_jobs=None, direction="maximize",
@@ -134,13 +167,38 @@ def test_every_sampler_option_builds_and_samples(sampler):
         study.tell(trial, float(i))
 
 
-@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
-def test_every_pruner_option_builds(pruner):
+def test_the_motpe_preset_says_optuna_removed_it():
+    from omegaconf import OmegaConf
+
+    from trpo_lab.sweeper.core import SweepError, TrpoOptunaSweeperImpl
+
+    impl = TrpoOptunaSweeperImpl(sampler=OmegaConf.load(PLUGIN_CONF / "sampler" / "motpe.yaml"))
+    with pytest.raises(SweepError, match="motpe sampler was removed in Optuna 4.0.*sampler=tpe"):
+        impl._sampler(parse_search_space({"x": "interval(0, 1)"}))
+
+
+@pytest.mark.parametrize("conf, pruner", [(PLUGIN_CONF, p) for p in ("median", "successive_halving", "hyperband",
+                                                                     "none")]
+                         + [(REPO / "trpo_lab" / "conf" / "hydra" / "sweeper", "hyperband")])
+def test_every_pruner_option_builds(conf, pruner):
     import optuna
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from conftest import REPO
-
-    cfg = OmegaConf.load(REPO / "trpo_lab" / "conf" / "hydra" / "sweeper" / "pruner" / f"{pruner}.yaml")
+    cfg = OmegaConf.load(conf / "pruner" / f"{pruner}.yaml")
     assert isinstance(instantiate(cfg), optuna.pruners.BasePruner)
+
+
+def test_a_sweep_without_multirun_says_it_needs_m(tmp_path):
+    r = run_cli("sweep=trust_region", "env=cartpole", "logger=none", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "sweep=trust_region is a sweep, which needs -m" in r.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing was trained
+
+
+def test_a_misspelt_sweeper_setting_on_the_command_line_names_the_closest(tmp_path):
+    r = run_cli("-m", "sweep=trust_region", "env=cartpole", "hydra.sweeper.n_trails=2",
+                f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "hydra.sweeper.n_trails is not a setting; did you mean hydra.sweeper.n_trials?" in r.stderr
+    assert "+hydra.sweeper" not in r.stderr

@@ -71,7 +71,7 @@ def cli() -> None:
 def _one_line_message(err: BaseException) -> str | None:
     """One line for the command-line mistakes Hydra reports in several; None for any other error.
 
-    - a key the config does not have (`trpo.deltaa=0.1`): Hydra's five lines end in
+    - a key the config does not have (`trpo.deltaa=0.1`, `hydra.sweeper.n_trails=2`): Hydra's five lines end in
       "Key 'deltaa' is not in struct". OmegaConf's error carries the key and the
       node it was looked up in, which lists the keys there are.
     - a value of the wrong type (`trpo.cg_iters=many`): the key and OmegaConf's reason.
@@ -90,7 +90,8 @@ def _one_line_message(err: BaseException) -> str | None:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and isinstance(cause.parent_node, DictConfig) \
             and cause.full_key:
         full_key = str(cause.full_key)
-        if OmegaConf.get_type(cause.parent_node) is dict:  # free-form (env.kwargs): new keys come with +
+        sweeper = full_key.startswith("hydra.sweeper.") and full_key.count(".") == 2  # untyped, yet not free-form
+        if OmegaConf.get_type(cause.parent_node) is dict and not sweeper:  # free-form (env.kwargs): new keys come with +
             return f"{full_key} is not set yet; add it with a leading +: +{full_key}=..."
         known = [str(k) for k in cause.parent_node.keys() if "." in full_key or k != "hydra"]
         return unknown_setting(full_key, known)

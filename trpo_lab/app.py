@@ -57,6 +57,10 @@ class OutputDirCheck(Callback):
     and in a single run the config too, so a bad one leaves no directory behind."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        sweep = config.hydra.runtime.choices.get("sweep")
+        if sweep:  # without -m Hydra would train the defaults once, silently
+            _fail(f"error: sweep={sweep} is a sweep, which needs -m (--multirun): "
+                  f"python -m trpo_lab -m sweep={sweep} ...", 2)
         try:
             validate(to_config(config))
         except (ConfigError, EnvError) as err:
@@ -67,13 +71,13 @@ class OutputDirCheck(Callback):
         _check_output_dir("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
-def _trial_reporter(cfg):
+def _trial_reporter():
     """The job's link to its Optuna trial; None outside a trpo_optuna sweep (optuna not imported)."""
-    if cfg.trial.study is None:
+    if "TRPO_OPTUNA_TRIAL" not in os.environ:
         return None
-    from trpo_lab.sweeper.job import open_trial
+    from trpo_lab.sweeper.job import current_trial
 
-    return open_trial(cfg.trial)
+    return current_trial()
 
 
 def run(dict_cfg: DictConfig) -> float:
@@ -87,9 +91,10 @@ def run(dict_cfg: DictConfig) -> float:
             raise
         _fail(f"error: {err}", 2)
     _interrupt_on_sigterm()
-    reporter = _trial_reporter(cfg)
+    reporter = _trial_reporter()
     try:
-        summary = train(cfg, run_dir, on_eval=reporter.on_eval if reporter else None)
+        on_eval = (lambda env_steps, eval_return: reporter.report(eval_return, env_steps)) if reporter else None
+        summary = train(cfg, run_dir, on_eval=on_eval)
     except ConfigError as err:  # trainer.resume: no checkpoint there, or one of another config
         if multirun:
             raise
@@ -103,7 +108,9 @@ def run(dict_cfg: DictConfig) -> float:
             raise
         _fail(f"interrupted; outputs in {run_dir}", 130)
     if reporter is not None:
-        reporter.record(summary, run_dir)
+        from trpo_lab.sweep_check import summary_values
+
+        reporter.record({**summary_values(summary), "run_dir": str(run_dir)})
     print(f"trpo_lab: {summary['status']}: eval return {summary['eval_return']:.2f}, "
           f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
     return float(summary["objective"])

@@ -127,25 +127,12 @@ class LoggerConfig:
 
 
 @dataclass
-class TrialConfig:
-    """Which Optuna trial this job is; set by the trpo_optuna sweeper, empty outside sweeps."""
-
-    storage: Optional[str] = None  # see trpo_lab/sweeper/storage.py for the URL forms
-    study: Optional[str] = None
-    number: Optional[int] = None   # the trial number users see
-    id: Optional[int] = None       # the storage's trial id
-    seed_index: int = 0            # which of the trial's `seeds` runs this job is
-    seeds: int = 1
-
-
-@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     trpo: TRPOConfig = field(default_factory=TRPOConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 def register_configs() -> None:

@@ -1,7 +1,8 @@
 """The `trpo_optuna` sweeper as Hydra sees it: a thin shell over trpo_lab.sweeper.core.
 
 Hydra imports every module under hydra_plugins at start-up, even for single
-runs, so this one imports Optuna only when a sweep is actually built.
+runs, so this one imports Optuna only when a sweep is actually built. Its
+config group comes from search_path.py, for any Hydra app.
 """
 import sys
 from typing import Any, List
@@ -11,11 +12,21 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 
-class TrpoOptunaSweeper(Sweeper):
-    def __init__(self, **kwargs: Any) -> None:
-        from trpo_lab.sweeper.core import TrpoOptunaSweeperImpl
+def _fail(err: Exception) -> None:
+    """The user's to fix: one line on stderr, no traceback."""
+    print(f"trpo_optuna: error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
 
-        self._impl = TrpoOptunaSweeperImpl(**kwargs)
+
+class TrpoOptunaSweeper(Sweeper):
+    def __init__(self, **settings: Any) -> None:
+        from trpo_lab.sweeper.core import SweepError, TrpoOptunaSweeperImpl
+
+        try:  # a misspelt setting (n_trails) names the closest one instead of a TypeError
+            TrpoOptunaSweeperImpl.check_names(settings)
+            self._impl = TrpoOptunaSweeperImpl(**settings)
+        except (SweepError, ValueError, TypeError) as err:
+            _fail(err)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -26,6 +37,5 @@ class TrpoOptunaSweeper(Sweeper):
 
         try:
             return self._impl.sweep(arguments)
-        except (SweepError, SearchSpaceError) as err:  # the user's to fix: one line, no traceback
-            print(f"trpo_optuna: error: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except (SweepError, SearchSpaceError) as err:
+            _fail(err)

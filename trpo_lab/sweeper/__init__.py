@@ -1,11 +1,12 @@
-"""trpo_lab's Optuna sweeper (`hydra/sweeper=trpo_optuna`; usage in docs/sweeps.md).
+"""The trpo_optuna sweeper, for any Hydra app (`hydra/sweeper=trpo_optuna`; usage in docs/sweeps.md).
 
     search_space.py  hydra.sweeper.params grammar -> Optuna distributions
     core.py          the sweeper: study, scheduling loop, telling results
-    job.py           the job's side: report evaluations, prune, record the summary
+    job.py           the job's side, a public API: report values, be pruned, record values
     storage.py       journal file or RDB URL, opened alike by sweeper and jobs
     results.py       best_params.yaml, best_overrides.txt, pareto_front.yaml, trials.csv
 
 Hydra instantiates it through hydra_plugins/trpo_optuna_sweeper (plugins must
-live in that namespace).
+live in that namespace), whose search_path.py puts the config group
+(hydra_plugins/trpo_optuna_sweeper/conf/) on every app's search path.
 """

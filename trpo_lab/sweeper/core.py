@@ -1,5 +1,14 @@
 """The trpo_optuna sweeper: Optuna ask-and-tell over Hydra launchers, one job per (trial, seed).
 
+It serves any Hydra app (`hydra/sweeper=trpo_optuna`, docs/sweeps.md): a trial's
+value is the task function's return value (a number, or one per direction), or
+named values the job records on its trial (`objectives`, trpo_lab's summary).
+What is particular to an app is a setting: the config check run before any job
+(`check_config`), the seed key of `seeds_per_trial` (`seed_key`) and the wandb
+node that groups a study's runs (`wandb_node`). Jobs find their trial through
+environment variables set with `hydra.job.env_set` (job.py), so the app's
+config needs no key for it.
+
 The loop keeps `n_jobs` slots busy: whenever a job ends (done, pruned or
 failed) the next one starts, asking the study for a new trial when no seed of
 an open trial is waiting. Hydra launchers take a batch and return when all of
@@ -22,13 +31,17 @@ folders never collide.
 from __future__ import annotations
 
 import contextlib
+import difflib
+import inspect
 import logging
 import math
 import os
 import queue
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +52,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from trpo_lab import metrics as M
-from trpo_lab.sweeper.job import PRUNER_ATTR, seed_attr
+from trpo_lab.sweeper.job import PRUNE_REQUESTED, PRUNER_ATTR, job_env, seed_attr
 from trpo_lab.sweeper.liveness import HEARTBEAT, OWNER, BudgetLock, Heartbeat, owner_id, stale_reason
-from trpo_lab.sweeper.results import counts_toward_budget, write_results
+from trpo_lab.sweeper.results import counts_toward_budget, value_names, write_results
 from trpo_lab.sweeper.search_space import SearchSpace, override_value, parse_search_space
 from trpo_lab.sweeper.storage import default_storage_url, open_storage
 
@@ -57,7 +69,9 @@ INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"
 JOB_ATTR = "job_seed{}"
 JOB_BASE, JOB_STRIDE = "job_base", "job_stride"  # study user attrs: job number = base + number * stride + seed
-NUMERIC_FIELDS = tuple(f for f in M.SUMMARY_FIELDS if f not in ("env_id", "status"))
+CARRIED = "carried_seeds"  # a retry's user attr: {seed: outcome} of the seeds its interrupted trial finished
+FIXED_ATTR = "fixed_settings"  # study user attr: {key: value} of the plain overrides every job got
+STUDY_MARK = ".trpo_optuna_study"  # in the sweep dir: the study whose results files the dir holds
 
 
 class SweepError(RuntimeError):
@@ -76,20 +90,30 @@ class _OpenTrial:
 
 
 class TrpoOptunaSweeperImpl:
-    def __init__(self, *, study_name: str, storage: Optional[str], n_trials: int, n_jobs: Optional[int],
-                 direction: Any, objectives: Any, sampler: Any, pruner: Any, params: Any,
-                 seeds_per_trial: int, max_failure_rate: float, heartbeat_interval: float = 10.0,
-                 grace_period: float = 60.0) -> None:
-        self.study_name = str(study_name)
+    def __init__(self, *, study_name: Optional[str] = None, storage: Optional[str] = None, n_trials: int = 20,
+                 n_jobs: Optional[int] = None, direction: Any = "minimize", objectives: Any = None,
+                 sampler: Any = None, pruner: Any = None, params: Any = None, search_space: Any = None,
+                 custom_search_space: Optional[str] = None, seeds_per_trial: int = 1,
+                 seed_key: Optional[str] = None, check_config: Optional[str] = None,
+                 wandb_node: Optional[str] = None, max_failure_rate: float = 0.0,
+                 heartbeat_interval: float = 10.0, grace_period: float = 60.0) -> None:
+        self.study_name = str(study_name) if study_name is not None else None
         self.storage_url = storage
         self.n_trials = int(n_trials)
         self.n_jobs = n_jobs
-        self.directions = [direction] if isinstance(direction, str) else list(direction)
-        self.objectives = [objectives] if isinstance(objectives, str) else list(objectives)
+        self.directions = [_direction(d) for d in (
+            direction if isinstance(direction, (list, tuple, ListConfig)) else [direction])]
+        self.objectives = None if objectives is None else (
+            [objectives] if isinstance(objectives, str) else [str(o) for o in objectives])
         self.sampler_cfg = sampler
         self.pruner_cfg = pruner
-        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else params
+        self.params = _plain(params)
+        self.search_space = _plain(search_space)
+        self.custom_search_space = custom_search_space
         self.seeds_per_trial = int(seeds_per_trial)
+        self.seed_key = seed_key
+        self.check_config = check_config
+        self.wandb_node = wandb_node
         self.max_failure_rate = float(max_failure_rate)
         self.heartbeat_interval = float(heartbeat_interval)
         self.grace_period = float(grace_period)
@@ -103,6 +127,23 @@ class TrpoOptunaSweeperImpl:
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
+        self._extend: Optional[Any] = None  # the custom_search_space function
+        self._last_failure: Optional[tuple[int, Any]] = None  # (trial number, the job's exception or message)
+
+    @classmethod
+    def settings(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    @classmethod
+    def check_names(cls, given: Any) -> None:
+        """SweepError naming the closest setting for each key of `given` that is not one."""
+        known = cls.settings() + ["_target_", "_recursive_"]
+        for key in given:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=2, cutoff=0.6)
+                hint = f"did you mean {' or '.join('hydra.sweeper.' + c for c in close)}? " if close else ""
+                raise SweepError(f"hydra.sweeper.{key} is not a setting of trpo_optuna; {hint}the settings are "
+                                 f"{', '.join(cls.settings())}")
 
     # ---- Hydra's Sweeper interface -------------------------------------------------------
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -113,8 +154,17 @@ class TrpoOptunaSweeperImpl:
 
     def sweep(self, arguments: list[str]) -> list[optuna.trial.FrozenTrial]:
         assert self.config is not None and self.launcher is not None
+        if self.study_name is None:
+            self.study_name = str(self.config.hydra.job.name)
         self._check_settings()
-        space = parse_search_space(self.params, arguments)
+        if self.custom_search_space:
+            try:
+                self._extend = get_method(self.custom_search_space)
+            except Exception as err:
+                raise SweepError(f"hydra.sweeper.custom_search_space={self.custom_search_space}: "
+                                 f"{' '.join(str(err).split())}") from None
+        space = parse_search_space(self.params, arguments, search_space=self.search_space,
+                                   allow_empty=self._extend is not None)
         parser = OverridesParser.create()
         base_args = [a for a in arguments if not parser.parse_overrides([a])[0].is_sweep_override()]
         base_args += [f"{k}={v}" for k, v in space.fixed.items()]
@@ -123,8 +173,9 @@ class TrpoOptunaSweeperImpl:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage_url = self.storage_url or default_storage_url(sweep_dir)
+        self._claim_dir(sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self._open_study(storage_url, arguments, space)
+        study = self._open_study(storage_url, arguments, base_args, space)
         self.budget_lock = BudgetLock(storage_url, self.study_name)
         with self.budget_lock():
             self._fail_stale(study)
@@ -140,6 +191,9 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"hydra.sweeper.n_trials={self.n_trials} must be >= 1")
         if self.seeds_per_trial < 1:
             raise SweepError(f"hydra.sweeper.seeds_per_trial={self.seeds_per_trial} must be >= 1")
+        if self.seeds_per_trial > 1 and not self.seed_key:
+            raise SweepError(f"hydra.sweeper.seeds_per_trial={self.seeds_per_trial} needs hydra.sweeper.seed_key: "
+                             "the job config's seed (for example seed_key=seed), set to base + 0, 1, ... per job")
         if not 0 < self.heartbeat_interval < self.grace_period:
             raise SweepError(f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval:g} must be above 0 and "
                              f"below hydra.sweeper.grace_period={self.grace_period:g}")
@@ -148,34 +202,48 @@ class TrpoOptunaSweeperImpl:
         for d in self.directions:
             if d not in ("maximize", "minimize"):
                 raise SweepError(f"hydra.sweeper.direction: {d!r} must be maximize or minimize")
-        if len(self.directions) != len(self.objectives):
+        if self.objectives is not None and len(self.directions) != len(self.objectives):
             raise SweepError(f"hydra.sweeper.direction has {len(self.directions)} entries but "
                              f"hydra.sweeper.objectives has {len(self.objectives)}: give one direction per objective")
-        for o in self.objectives:
-            if o not in NUMERIC_FIELDS:
-                raise SweepError(f"hydra.sweeper.objectives: {o!r} is not a summary.json number; "
-                                 f"choose from {NUMERIC_FIELDS}")
         pruner_target = str((self.pruner_cfg or {}).get("_target_", "NopPruner"))
-        if len(self.objectives) > 1 and not pruner_target.endswith("NopPruner"):
-            raise SweepError("Optuna cannot prune multi-objective studies: set hydra/sweeper/pruner=none")
+        if len(self.directions) > 1 and not pruner_target.endswith("NopPruner"):
+            log.info("a multi-objective study: Optuna cannot prune it, so no job is pruned")
 
     def _check_composes(self, space: SearchSpace, base_args: list[str]) -> None:
         """Compose one job's config at the space's bounds, so a typo fails before any job runs."""
         assert self.hydra_context is not None
+        check = None
+        if self.check_config:
+            try:
+                check = get_method(self.check_config)
+            except Exception as err:
+                raise SweepError(f"hydra.sweeper.check_config={self.check_config}: "
+                                 f"{' '.join(str(err).split())}") from None
         for end in (0, -1):
             sample = [f"{k}={override_value(_bound(d, end))}" for k, d in space.distributions.items()]
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, base_args + sample)
             except Exception as err:
-                raise SweepError(f"a trial's config does not compose: {err}") from None
+                raise SweepError(f"a trial's config does not compose: {_compose_message(err)}") from None
+            if check is None:
+                continue
             try:
-                from trpo_lab.config import to_config, validate
-                validate(to_config(cfg))
+                check(cfg)
             except ValueError as err:
                 raise SweepError(f"the search space reaches an invalid config ({' '.join(sample)}): {err}") from None
 
+    def _claim_dir(self, sweep_dir: Path) -> None:
+        """One study per sweep dir: a second would overwrite the first one's trials.csv and results."""
+        mark = sweep_dir / STUDY_MARK
+        name = mark.read_text().strip() if mark.exists() else self.study_name
+        if name != self.study_name:
+            raise SweepError(f"{sweep_dir} holds the results of study {name!r}; study {self.study_name!r} would "
+                             "overwrite its trials.csv: give it its own hydra.sweep.dir")
+        mark.write_text(self.study_name + "\n")
+
     # ---- the study -----------------------------------------------------------------------
-    def _open_study(self, storage_url: str, arguments: list[str], space: SearchSpace) -> optuna.Study:
+    def _open_study(self, storage_url: str, arguments: list[str], base_args: list[str],
+                    space: SearchSpace) -> optuna.Study:
         storage = open_storage(storage_url)
         try:
             study = optuna.create_study(study_name=self.study_name, storage=storage,
@@ -193,18 +261,33 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
                              "pick another hydra.sweeper.study_name")
+        self._check_fixed(study, storage_url, base_args)
         old_args = study.user_attrs.get("arguments")
         if old_args is not None and sorted(old_args) != sorted(arguments):
             log.warning("resuming study %r, started with other overrides (%s); now: %s",
                         self.study_name, " ".join(old_args), " ".join(arguments))
         study.set_user_attr("arguments", list(arguments))
-        study.set_user_attr("objectives", self.objectives)
+        study.set_user_attr("objectives", value_names(self.objectives, len(self.directions)))
         study.set_user_attr("seeds_per_trial", self.seeds_per_trial)
         study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True)
                             if isinstance(self.pruner_cfg, DictConfig) else self.pruner_cfg)
         self._job_numbering(study)
         log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
         return study
+
+    def _check_fixed(self, study: optuna.Study, storage_url: str, base_args: list[str]) -> None:
+        """Refuse to resume a study whose finished trials ran with other fixed settings: they would not compare."""
+        now = dict(a.split("=", 1) for a in base_args if "=" in a)
+        before = study.user_attrs.get(FIXED_ATTR)
+        finished = any(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        if before is not None and before != now and finished:
+            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            shown = ", ".join(f"{k}: {before.get(k, '(unset)')} then, {now.get(k, '(unset)')} now" for k in diff)
+            raise SweepError(f"study {self.study_name!r} in {storage_url} ran its trials with other fixed settings "
+                             f"({shown}); their values would not compare with this run's. Rerun with the same "
+                             "settings to resume, or start a new study: another hydra.sweeper.study_name "
+                             "(and hydra.sweep.dir)")
+        study.set_user_attr(FIXED_ATTR, now)
 
     def _job_numbering(self, study: optuna.Study) -> None:
         """Job numbers from trial numbers, so sweepers running at once never share an output folder."""
@@ -242,12 +325,15 @@ class TrpoOptunaSweeperImpl:
         cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
         if cfg.get("seed") is not None:
             cfg["seed"] = int(cfg["seed"]) + seed_offset
+        cfg.pop("_partial_", None)  # the plugin's grid preset is partial; the search space is filled in here
         if cfg.get("_target_", "").endswith("GridSampler") and not cfg.get("search_space"):
             cfg["search_space"] = _grid(space)
         try:
             return instantiate(cfg)
         except Exception as err:
-            raise SweepError(f"hydra.sweeper.sampler: cannot build {cfg.get('_target_')}: {err}") from None
+            cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
+            raise SweepError(f"hydra.sweeper.sampler: cannot build {cfg.get('_target_')}: "
+                             f"{' '.join(str(cause).split())}") from None
 
     def _fail_stale(self, study: optuna.Study) -> int:
         """Fail and re-queue RUNNING trials whose sweeper is gone (liveness.py); the number of live ones left."""
@@ -265,7 +351,8 @@ class TrpoOptunaSweeperImpl:
     def _release_own(self, study: optuna.Study, open_trials: dict[int, "_OpenTrial"], why: str) -> None:
         """Fail this sweeper's open trials as interrupted and re-queue them (other sweepers' are theirs)."""
         for ot in list(open_trials.values()):
-            _fail_interrupted(study, self.storage, ot.trial.number, ot.trial_id, ot.trial.params, why)
+            done = {str(k): v for k, v in ot.results.items() if v["status"] == "completed"}
+            _fail_interrupted(study, self.storage, ot.trial.number, ot.trial_id, ot.trial.params, why, done)
             self.heartbeat.remove(ot.trial_id)
 
     def _ask(self, study: optuna.Study, space: SearchSpace, n_trials: int
@@ -348,8 +435,9 @@ class TrpoOptunaSweeperImpl:
         open_trials: dict[int, _OpenTrial] = {}
         waiting: deque = deque()  # (trial number, seed index)
         running, stop_reason = 0, None
-        base_seed = int(OmegaConf.select(self.config, "trainer.seed", default=0) or 0)
-        tags = list(OmegaConf.select(self.config, "logger.wandb.tags", default=[]) or [])
+        base_seed = int(OmegaConf.select(self.config, self.seed_key, default=0) or 0) if self.seed_key else 0
+        wandb = OmegaConf.select(self.config, self.wandb_node) if self.wandb_node else None
+        tags = list(wandb.get("tags") or []) if isinstance(wandb, DictConfig) and "tags" in wandb else None
         try:
             while True:
                 others = 0
@@ -358,9 +446,26 @@ class TrpoOptunaSweeperImpl:
                         trial, trial_id, others = self._ask(study, space, n_trials)
                         if trial is None:
                             break
+                        try:
+                            if self._extend is not None:
+                                self._extend(self.config, trial)
+                        except Exception as err:  # the user's function: this trial fails, the sweep goes on
+                            self._record_failure(trial.number, err)
+                            self.storage.set_trial_user_attr(trial_id, FAIL_REASON, f"custom_search_space: {err}")
+                            _tell_study(study, trial.number, state=TrialState.FAIL)
+                            self.heartbeat.remove(trial_id)
+                            stop_reason = stop_reason or self._too_many_failures(study, n_trials)
+                            continue
                         overrides = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-                        open_trials[trial.number] = _OpenTrial(trial, trial_id, overrides)
-                        waiting.extend((trial.number, i) for i in range(self.seeds_per_trial))
+                        ot = _OpenTrial(trial, trial_id, overrides)
+                        open_trials[trial.number] = ot
+                        self._take_carried(ot)
+                        waiting.extend((trial.number, i) for i in range(self.seeds_per_trial) if i not in ot.results)
+                        if not any(n == trial.number for n, _ in waiting):  # every seed was carried over
+                            self._tell(study, ot)
+                            del open_trials[trial.number]
+                            self.heartbeat.remove(trial_id)
+                            continue
                     number, seed = waiting.popleft()
                     ot = open_trials.get(number)
                     if ot is None or ot.doomed:  # a sibling seed was pruned or failed: skip this one
@@ -403,16 +508,13 @@ class TrpoOptunaSweeperImpl:
                 ot.results[seed] = self._seed_outcome(ot.trial_id, seed, outcome)
                 if ot.results[seed]["status"] in ("pruned", "failed") and not ot.doomed:
                     ot.doomed = ot.results[seed]["status"]
+                if ot.results[seed]["status"] == "failed":
+                    self._record_failure(number, ot.results[seed].get("exception") or ot.results[seed]["error"])
                 if ot.running == 0 and (ot.doomed or len(ot.results) == self.seeds_per_trial):
                     self._tell(study, ot)
                     del open_trials[number]
                     self.heartbeat.remove(ot.trial_id)
-                    failures = sum(counts_toward_budget(t) and t.state == TrialState.FAIL
-                                   for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
-                    if failures > self.max_failure_rate * n_trials and stop_reason is None:
-                        stop_reason = (f"{failures} of {n_trials} trials failed, above "
-                                       f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
-                        log.error("stopping the sweep: %s", stop_reason)
+                    stop_reason = stop_reason or self._too_many_failures(study, n_trials)
         except KeyboardInterrupt:
             log.warning("interrupted: marking %d running trial(s) as interrupted; rerun the command to resume",
                         len(open_trials))
@@ -422,24 +524,57 @@ class TrpoOptunaSweeperImpl:
         self._release_own(study, open_trials, "the sweep stopped before all its seeds ran")
         write_results(study, sweep_dir, self.objectives)
         if stop_reason:
+            self._print_last_failure()
             raise SweepError(f"sweep stopped: {stop_reason}; see {sweep_dir / 'trials.csv'}")
         return study.get_trials(deepcopy=False)
 
+    def _too_many_failures(self, study: optuna.Study, n_trials: int) -> Optional[str]:
+        """Why the sweep must stop: more than max_failure_rate x n_trials counted failures; else None."""
+        failures = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        if failures > self.max_failure_rate * n_trials:
+            why = (f"{failures} of {n_trials} trials failed, above "
+                   f"hydra.sweeper.max_failure_rate={self.max_failure_rate}")
+            log.error("stopping the sweep: %s", why)
+            return why
+        return None
+
+    def _record_failure(self, number: int, error: Any) -> None:
+        self._last_failure = (number, error)
+
+    def _print_last_failure(self) -> None:
+        """The failing job's own error on stderr, traceback included where the launcher kept it."""
+        if self._last_failure is None:
+            return
+        number, error = self._last_failure
+        print(f"trpo_optuna: trial {number} failed with:", file=sys.stderr)
+        if isinstance(error, BaseException):
+            print("".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip(),
+                  file=sys.stderr)
+        else:
+            print(error, file=sys.stderr)
+
+    def _take_carried(self, ot: _OpenTrial) -> None:
+        """A retry of an interrupted trial keeps the seeds that trial finished (and their job numbers)."""
+        carried = ot.trial.user_attrs.get(CARRIED) or {}
+        for seed, outcome in carried.items():
+            ot.results[int(seed)] = outcome
+            if outcome.get("job") is not None:
+                self.storage.set_trial_user_attr(ot.trial_id, JOB_ATTR.format(seed), outcome["job"])
+        if carried:
+            log.info("trial %d keeps seed(s) %s of the trial it retries", ot.trial.number, sorted(carried))
+
     def _trial_overrides(self, storage_url: str, ot: _OpenTrial, seed: int, base_seed: int,
-                         tags: list[str]) -> list[str]:
-        """The `trial` node, the seed and the wandb grouping that tie a job to its trial."""
+                         tags: Optional[list[str]]) -> list[str]:
+        """What ties a job to its trial: environment variables for job.py, the seed, the wandb grouping."""
         trial = ot.trial
-        return [
-            f"trial.storage={override_value(storage_url)}",
-            f"trial.study={override_value(self.study_name)}",
-            f"trial.number={trial.number}",
-            f"trial.id={ot.trial_id}",
-            f"trial.seed_index={seed}",
-            f"trial.seeds={self.seeds_per_trial}",
-            f"trainer.seed={base_seed + seed}",
-            f"logger.wandb.group={override_value(self.study_name)}",
-            "logger.wandb.tags=" + override_value(tags + [f"trial-{trial.number}", f"seed-{seed}"]),
-        ]
+        env = job_env(storage_url, self.study_name, trial.number, ot.trial_id, seed, self.seeds_per_trial)
+        out = [f"++hydra.job.env_set.{k}={override_value(v)}" for k, v in env.items()]
+        if self.seed_key:
+            out.append(f"{self.seed_key}={base_seed + seed}")
+        if tags is not None:
+            out += [f"{self.wandb_node}.group={override_value(self.study_name)}",
+                    f"{self.wandb_node}.tags=" + override_value(tags + [f"trial-{trial.number}", f"seed-{seed}"])]
+        return out
 
     def _launch(self, number: int, seed: int, job: list[str], job_num: int, done: queue.Queue) -> None:
         try:
@@ -457,21 +592,25 @@ class TrpoOptunaSweeperImpl:
             return {"status": "failed", "launcher": True,
                     "error": f"launcher error: {type(outcome).__name__}: {first}"}
         assert isinstance(outcome, JobReturn)
+        attrs = self.storage.get_trial(trial_id).user_attrs
         if outcome.status != JobStatus.COMPLETED:
             err = outcome._return_value
-            return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        record = self.storage.get_trial(trial_id).user_attrs.get(seed_attr(seed))
-        if record is None:  # a task function that does not report: its return value is the objective
-            if len(self.objectives) > 1:
-                return {"status": "failed", "error": "the job recorded no summary for a multi-objective study"}
-            record = {"status": "completed", self.objectives[0]: outcome.return_value}
-        if record.get("status") == "pruned":
+            if isinstance(err, optuna.TrialPruned):  # the job stopped itself the Optuna way
+                return {"status": "pruned"}
+            return {"status": "failed", "error": f"{type(err).__name__}: {err}", "exception": err}
+        if attrs.get(PRUNE_REQUESTED):  # the job was told to stop (job.py) and returned
             return {"status": "pruned"}
-        values = [float(record.get(o, float("nan"))) for o in self.objectives]
-        bad = [o for o, v in zip(self.objectives, values) if not math.isfinite(v)]
+        if self.objectives is None:
+            values, error = _returned_values(outcome.return_value, len(self.directions))
+        else:
+            values, error = _recorded_values(attrs.get(seed_attr(seed)), self.objectives)
+        if error:
+            return {"status": "failed", "error": error}
+        bad = [n for n, v in zip(value_names(self.objectives, len(values)), values) if not math.isfinite(v)]
         if bad:
             return {"status": "failed", "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
-        return {"status": "completed", "values": values}
+        return {"status": "completed", "values": values, "job": self._job_number(self.storage.get_trial(
+            trial_id).number, seed)}
 
     def _tell(self, study: optuna.Study, ot: _OpenTrial) -> Optional[TrialState]:
         try:
@@ -503,11 +642,12 @@ class TrpoOptunaSweeperImpl:
             log.info("trial %d pruned", number)
             return TrialState.PRUNED
         per_seed = [r["values"] for r in results]
-        means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.objectives))]
+        means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.directions))]
+        names = value_names(self.objectives, len(self.directions))
         self.storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
-                                                             for j, o in enumerate(self.objectives)})
+                                                             for j, o in enumerate(names)})
         _tell_study(study, number, means)
-        log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(self.objectives, means)))
+        log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(names, means)))
         return TrialState.COMPLETE
 
 
@@ -553,7 +693,7 @@ def _sigint_deferred() -> Iterator[None]:
 
 
 def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, trial_id: int,
-                      params: dict, why: str) -> None:
+                      params: dict, why: str, carried: Optional[dict[str, Any]] = None) -> None:
     if storage.get_trial(trial_id).state != TrialState.RUNNING:
         return  # told just before the interruption: it stands as it is
     try:
@@ -562,8 +702,15 @@ def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage,
         _tell_study(study, number, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         return  # finished meanwhile: nothing to re-queue
-    study.enqueue_trial(params, user_attrs={RETRY_OF: number}, skip_if_exists=False)
-    log.warning("trial %d: %s; re-queued with the same parameters", number, why)
+    attrs: dict[str, Any] = {RETRY_OF: number}
+    if carried:  # seeds that finished: the retry keeps them, and their evaluations for the pruner
+        attrs[CARRIED] = {k: {n: v for n, v in o.items() if n != "exception"} for k, o in carried.items()}
+        old = storage.get_trial(trial_id).user_attrs
+        attrs.update({k: v for k, v in old.items()
+                      if any(k == seed_attr(int(s)) or k.endswith(f"/seed{s}") for s in carried)})
+    study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+    log.warning("trial %d: %s; re-queued with the same parameters%s", number, why,
+                f", keeping finished seed(s) {sorted(int(s) for s in carried)}" if carried else "")
 
 
 def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:
@@ -573,14 +720,80 @@ def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:
 
 
 def _grid(space: SearchSpace) -> dict[str, list[Any]]:
-    """GridSampler's search space from choice/range entries (intervals have no grid)."""
-    grid: dict[str, list[Any]] = {}
-    for key, dist in space.distributions.items():
-        if isinstance(dist, optuna.distributions.CategoricalDistribution):
-            grid[key] = list(dist.choices)
-        elif getattr(dist, "step", None) and not getattr(dist, "log", False):
-            n = int(round((dist.high - dist.low) / dist.step))
-            grid[key] = [dist.low + i * dist.step for i in range(n + 1)]
-        else:
-            raise SweepError(f"the grid sampler needs choice(...) or range(...) for {key}, not an interval")
-    return grid
+    """GridSampler's search space: choice values, and range values below the stop (as Hydra's plugin)."""
+    missing = [k for k in space.distributions if k not in space.grid]
+    if missing:
+        raise SweepError(f"the grid sampler needs choice(...) or range(...) for {', '.join(missing)}, "
+                         "not an interval")
+    return {k: list(space.grid[k]) for k in space.distributions}
+
+
+def _direction(d: Any) -> str:
+    """'minimize', 'maximize', or the plugin's Direction enum (Direction.minimize)."""
+    return str(getattr(d, "name", d)).rsplit(".", 1)[-1].lower()
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def _returned_values(ret: Any, n: int) -> tuple[list[float], Optional[str]]:
+    """The task function's return value as the trial's values: a number, or a sequence of n numbers."""
+    if n == 1:
+        try:
+            return [float(ret)], None
+        except (TypeError, ValueError):
+            return [], (f"the task function returned {ret!r}: a single-objective study needs a number "
+                        "(or set hydra.sweeper.objectives to values the job records)")
+    try:
+        values = [float(v) for v in ret]
+    except (TypeError, ValueError):
+        return [], f"the task function returned {ret!r}: {n} directions need a sequence of {n} numbers"
+    if len(values) != n:
+        return [], f"the task function returned {len(values)} values for {n} directions"
+    return values, None
+
+
+def _recorded_values(record: Optional[dict], names: Sequence[str]) -> tuple[list[float], Optional[str]]:
+    """hydra.sweeper.objectives read from what the job recorded on its trial (job.py's record)."""
+    if record is None:
+        return [], (f"the job recorded no values on its trial, and hydra.sweeper.objectives={list(names)} "
+                    "reads them from there (current_trial().record({...})); set objectives=null to use the "
+                    "task function's return value")
+    missing = [o for o in names if o not in record]
+    if missing:
+        return [], f"the job recorded {sorted(record)}, not {', '.join(missing)} (hydra.sweeper.objectives)"
+    try:
+        return [float(record[o]) for o in names], None
+    except (TypeError, ValueError):
+        return [], f"the job recorded non-numbers for hydra.sweeper.objectives: {[record[o] for o in names]}"
+
+
+def _compose_message(err: BaseException) -> str:
+    """Hydra's composition error, except that a key the config lacks names the closest ones.
+
+    Hydra advises `+key=...` for it, which adds the typo instead of fixing it. In an
+    untyped node (plain YAML) a new key may be meant: the + stays as a second choice.
+    """
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = err.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and isinstance(cause.parent_node, DictConfig) \
+            and cause.full_key:
+        full_key = str(cause.full_key)
+        prefix, _, key = full_key.rpartition(".")
+        known = [str(k) for k in cause.parent_node.keys() if prefix or k != "hydra"]
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+        free_form = OmegaConf.get_type(cause.parent_node) is dict
+        if close or not free_form:
+            hint = f"did you mean {' or '.join((prefix + '.' if prefix else '') + c for c in close)}? " if close else ""
+            where = f"in {prefix}" if prefix else "at the top level"
+            new = f" (a new key is added with a leading +: +{full_key}=...)" if free_form else ""
+            return f"{full_key} is not a setting; {hint}the settings {where} are {', '.join(known)}{new}"
+    return " ".join(str(err).split())
+
+
+def motpe_removed(*args: Any, **kwargs: Any) -> None:
+    """hydra/sweeper/sampler=motpe: the plugin's preset, for a sampler Optuna no longer has."""
+    raise ValueError("the motpe sampler was removed in Optuna 4.0; choose hydra/sweeper/sampler=tpe, "
+                     "whose TPESampler handles several objectives since then")

@@ -1,5 +1,7 @@
 """What a sweep leaves in its directory: the best parameters, a table of trials, the Pareto front.
 
+    optimization_results.yaml  as Hydra's Optuna plugin writes it: name, best_params and best_value,
+                         or the Pareto `solutions` (params, values) of a multi-objective study
     best_params.yaml     best trial: number, values, params, and `overrides` to pass back
     best_overrides.txt   the same overrides on one line: python -m trpo_lab $(cat best_overrides.txt)
     pareto_front.yaml    multi-objective studies: every Pareto-optimal trial
@@ -15,7 +17,7 @@ import csv
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import optuna
 import yaml
@@ -24,6 +26,13 @@ from optuna.trial import FrozenTrial, TrialState
 from trpo_lab.sweeper.search_space import override_value
 
 log = logging.getLogger(__name__)
+
+
+def value_names(objectives: Optional[Sequence[str]], n: int) -> list[str]:
+    """Names of a trial's values: the objectives, or `value` (`value0`, `value1`, ...) for return values."""
+    if objectives is not None:
+        return list(objectives)
+    return ["value"] if n == 1 else [f"value{i}" for i in range(n)]
 
 
 def counts_toward_budget(t: FrozenTrial) -> bool:
@@ -47,15 +56,17 @@ def _entry(t: FrozenTrial, objectives: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def write_results(study: optuna.Study, out_dir: Path, objectives: Sequence[str]) -> None:
+def write_results(study: optuna.Study, out_dir: Path, objectives: Optional[Sequence[str]]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    objectives = value_names(objectives, len(study.directions))
     trials = study.get_trials(deepcopy=False)
     _write_table(trials, out_dir / "trials.csv", objectives)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         log.warning("study %r has no completed trial yet; see %s", study.study_name, out_dir / "trials.csv")
         return
+    _write_optimization_results(study, out_dir / "optimization_results.yaml")
     if len(study.directions) == 1:
         best = study.best_trial
         doc = {"study": study.study_name, **_entry(best, objectives)}
@@ -70,6 +81,17 @@ def write_results(study: optuna.Study, out_dir: Path, objectives: Sequence[str])
         (out_dir / "pareto_front.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         log.info("Pareto front: trials %s", [e["trial"] for e in front])
     log.info("sweep results in %s", out_dir)
+
+
+def _write_optimization_results(study: optuna.Study, path: Path) -> None:
+    """The file Hydra's Optuna plugin leaves, same keys, so scripts that read it keep working."""
+    if len(study.directions) == 1:
+        best = study.best_trial
+        doc = {"name": "optuna", "best_params": dict(best.params), "best_value": best.value}
+    else:
+        doc = {"name": "optuna", "solutions": [{"params": dict(t.params), "values": list(t.values)}
+                                               for t in study.best_trials]}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def _write_table(trials: Sequence[FrozenTrial], path: Path, objectives: Sequence[str]) -> None:
@@ -96,7 +118,7 @@ def main(argv: Sequence[str]) -> int:
 
     url, name, out = argv
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    objectives = study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))]
+    objectives = study.user_attrs.get("objectives")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_results(study, Path(out), objectives)
     return 0

@@ -1,7 +1,7 @@
 """Where a study lives: a journal file on one machine, an RDB URL across machines.
 
 The same string opens the storage in the sweeper and in every job, so it is
-passed to jobs as the `trial.storage` override:
+passed to jobs in their TRPO_OPTUNA_TRIAL variable (job.py):
 
     journal:/abs/path/optuna.journal   JournalStorage over a local file (default;
                                        safe for parallel processes, no server)
