@@ -50,20 +50,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from trpo_lab.config import EVAL_SEED_OFFSET  # noqa: E402
 
-# The peer's settings: rl-zoo3 hyperparams/trpo.yml for MuJoCo (sb3-contrib 2.9.2).
-# trpo_lab is given the same ones explicitly, whatever its defaults are.
-SETTINGS = dict(
-    n_envs=2, n_steps=1024, gamma=0.99, gae_lambda=0.95, target_kl=0.01, cg_max_steps=25,
-    cg_damping=0.1, line_search_shrinking_factor=0.8, line_search_max_iter=10,
-    n_critic_updates=20, learning_rate=1e-3, batch_size=128, hidden=[64, 64], activation="tanh",
-    normalize_obs=True, normalize_reward=True, normalize_advantage=True, ortho_init=True,
-    log_std_init=0.0,
-    # Not a TRPO argument: stable-baselines3's policies build their Adam with eps 1e-5
-    # (torch's default is 1e-8). Passed to both explicitly.
-    adam_eps=1e-5,
-)
-
-
+# The settings of both frameworks are rl-zoo3's hyperparams/trpo.yml for the task, as trpo_lab's
+# experiment=zoo_<task> preset holds them (trpo_lab/conf/experiment/): trpo_lab composes that preset,
+# and sb3-contrib is given the same numbers converted back to its units by `peer_settings`.
+#
 # sb3-contrib's TRPO measures the KL of its diagonal Gaussian per action
 # dimension: `kl_divergence` of a torch `Normal` (not `Independent`) is
 # [batch, act_dim] and TRPO takes its `.mean()` over both axes, so the KL it
@@ -72,26 +62,48 @@ SETTINGS = dict(
 # sum over dimensions, as in the TRPO paper). The same update in trpo_lab's
 # units is delta = target_kl * act_dim and cg_damping = cg_damping * act_dim:
 # conjugate gradient then finds the same direction up to scale, the step size
-# and the line search's test are the same numbers (checked on one sb3 rollout:
-# the two updates agree up to CG's random start).
+# and the line search's test are the same numbers (benchmarks/check_same_update.py).
 PEER_KL_IS_PER_ACTION_DIM = True
 
 
-def trpo_lab_overrides(s: dict, act_dim: int) -> dict:
-    """trpo_lab's config keys holding SETTINGS (key -> value), for a task with act_dim action dimensions."""
+def zoo_config(env_id: str, *overrides: str):
+    """trpo_lab's composed config of the experiment=zoo_<task> preset whose env is `env_id`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from trpo_lab.config import register_configs, to_config
+
+    conf = REPO / "trpo_lab" / "conf"
+    register_configs()
+    for preset in sorted((conf / "experiment").glob("zoo_*.yaml")):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            cfg = compose(config_name="config", overrides=[f"experiment={preset.stem}", *overrides])
+        if cfg.env.id == env_id:
+            return to_config(cfg), preset.stem
+    raise SystemExit(f"no experiment=zoo_* preset for {env_id} in {conf / 'experiment'}")
+
+
+def peer_settings(cfg, act_dim: int) -> dict:
+    """sb3-contrib's TRPO arguments holding the same settings as trpo_lab's config `cfg`."""
     scale = act_dim if PEER_KL_IS_PER_ACTION_DIM else 1
-    return {
-        "trainer.n_envs": s["n_envs"], "trainer.steps_per_iter": s["n_envs"] * s["n_steps"],
-        "trpo.gamma": s["gamma"], "trpo.gae_lambda": s["gae_lambda"], "trpo.delta": round(s["target_kl"] * scale, 12),
-        "trpo.cg_iters": s["cg_max_steps"], "trpo.cg_damping": round(s["cg_damping"] * scale, 12),
-        "trpo.backtrack_coeff": s["line_search_shrinking_factor"],
-        "trpo.backtrack_iters": s["line_search_max_iter"], "trpo.value_epochs": s["n_critic_updates"],
-        "trpo.value_lr": s["learning_rate"], "trpo.value_minibatch": s["batch_size"],
-        "network.hidden": s["hidden"], "network.activation": s["activation"],
-        "trpo.normalize_obs": s["normalize_obs"], "trpo.normalize_reward": s["normalize_reward"],
-        "trpo.normalize_advantages": s["normalize_advantage"], "network.ortho_init": s["ortho_init"],
-        "network.log_std_init": s["log_std_init"], "trpo.value_adam_eps": s["adam_eps"],
-    }
+    t, r, n = cfg.trpo, cfg.trainer, cfg.network
+    return dict(
+        n_envs=r.n_envs, n_steps=r.steps_per_iter // r.n_envs, gamma=t.gamma, gae_lambda=t.gae_lambda,
+        target_kl=round(t.delta / scale, 12), cg_max_steps=t.cg_iters, cg_damping=round(t.cg_damping / scale, 12),
+        line_search_shrinking_factor=t.backtrack_coeff, line_search_max_iter=t.backtrack_iters,
+        n_critic_updates=t.value_epochs, learning_rate=t.value_lr, batch_size=t.value_minibatch,
+        hidden=list(n.hidden), activation=n.activation, normalize_obs=t.normalize_obs,
+        normalize_reward=t.normalize_reward, normalize_advantage=t.normalize_advantages, ortho_init=n.ortho_init,
+        log_std_init=n.log_std_init,
+        # Not a TRPO argument: stable-baselines3's policies build their Adam with this eps.
+        adam_eps=t.value_adam_eps,
+    )
+
+
+def peer(env_id: str) -> dict:
+    cfg, _ = zoo_config(env_id)
+    return peer_settings(cfg, action_dim(env_id))
 
 
 def action_dim(env_id: str) -> int:
@@ -116,7 +128,7 @@ def run_raw(env_id: str, steps: int, seed: int) -> dict:
     """gymnasium env.step with uniform random actions, n_envs stepped in turn, reset on episode end."""
     import gymnasium as gym
 
-    n = SETTINGS["n_envs"]
+    n = peer(env_id)["n_envs"]
     envs = [gym.make(env_id) for _ in range(n)]
     for i, env in enumerate(envs):
         env.reset(seed=seed + i)
@@ -153,7 +165,7 @@ def run_raw_parallel(env_id: str, steps: int, seed: int) -> dict:
     no shared work. Wall time from the start to the last one done."""
     import multiprocessing as mp
 
-    n = SETTINGS["n_envs"]
+    n = peer(env_id)["n_envs"]
     ctx = mp.get_context("fork")  # this child has imported nothing that minds a fork
     start, done = ctx.Event(), ctx.Semaphore(0)
     procs = [ctx.Process(target=_step_one_env, args=(env_id, steps // n, seed + i, start, done)) for i in range(n)]
@@ -197,7 +209,7 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    s = SETTINGS
+    s = peer(env_id)
     torch.set_num_threads(1)
     venv = VecNormalize(make_vec_env(env_id, n_envs=s["n_envs"], seed=seed, vec_env_cls=DummyVecEnv),
                         norm_obs=s["normalize_obs"], norm_reward=s["normalize_reward"], gamma=s["gamma"])
@@ -208,7 +220,9 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
         line_search_max_iter=s["line_search_max_iter"], n_critic_updates=s["n_critic_updates"],
         learning_rate=s["learning_rate"], normalize_advantage=s["normalize_advantage"],
         sub_sampling_factor=1, seed=seed, device="cpu", verbose=0,
-        policy_kwargs=dict(net_arch=dict(pi=s["hidden"], vf=s["hidden"]), activation_fn=torch.nn.Tanh,
+        policy_kwargs=dict(net_arch=dict(pi=s["hidden"], vf=s["hidden"]),
+                           activation_fn={"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU, "elu": torch.nn.ELU,
+                                          "silu": torch.nn.SiLU}[s["activation"]],
                            ortho_init=s["ortho_init"], log_std_init=s["log_std_init"],
                            optimizer_kwargs=dict(eps=s["adam_eps"])),
     )
@@ -227,21 +241,14 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
 
 def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env: str, collection: str) -> dict:
     sys.path.insert(0, str(REPO))
-    from omegaconf import OmegaConf
-
-    from trpo_lab.config import Config, EnvConfig
     from trpo_lab.trainer import train
 
-    cfg = OmegaConf.structured(Config(env=EnvConfig(id=env_id)))
-    for key, value in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items():
-        OmegaConf.update(cfg, key, value)
-    for key, value in {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
-                       "trainer.collection": collection,
-                       "trainer.threads": 1, "trainer.eval_every": 0, "trainer.eval_episodes": eval_episodes,
-                       "trainer.progress": False, "logger.wandb.mode": "disabled"}.items():
-        OmegaConf.update(cfg, key, value)
+    runtime = {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
+               "trainer.collection": collection, "trainer.threads": 1, "trainer.eval_every": 0,
+               "trainer.eval_episodes": eval_episodes, "trainer.progress": False, "logger.wandb.mode": "disabled"}
+    cfg, _ = zoo_config(env_id, *(f"{k}={v}" for k, v in runtime.items()))
     with tempfile.TemporaryDirectory() as run_dir:
-        summary = train(OmegaConf.to_object(cfg), Path(run_dir))
+        summary = train(cfg, Path(run_dir))
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     elapsed = rows[-1]["wall_time_s"]  # to the end of the last iteration, before the final evaluation
     # trpo_lab evaluates with env seed + 10000 + episode, like _evaluate above.
@@ -456,10 +463,10 @@ def main() -> None:
     print(f"# bench_vs_sb3: {' '.join(sys.argv[1:])}")
     print(f"# {platform.node()}, {os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
           f"load average {os.getloadavg()[0]:.2f} at start; {versions()}")
-    print(f"# settings for both (rl-zoo3 MuJoCo TRPO): {json.dumps(SETTINGS)}")
     for env_id in args.env:
-        print(f"# trpo_lab on {env_id} is given every one of them explicitly:",
-              " ".join(f"{k}={v}" for k, v in trpo_lab_overrides(SETTINGS, action_dim(env_id)).items()))
+        _, preset = zoo_config(env_id)
+        print(f"# {env_id}: trpo_lab runs experiment={preset}; sb3-contrib gets the same settings in its units: "
+              f"{json.dumps(peer(env_id))}")
     print("# NOTE: sb3-contrib's target_kl and cg_damping apply to the KL averaged over action dimensions;"
           " trpo_lab's trpo.delta and trpo.cg_damping to the policy's KL. The peer's settings in trpo_lab's units"
           " are target_kl * act_dim and cg_damping * act_dim, pinned above.")

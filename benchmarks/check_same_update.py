@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_vs_sb3 import SETTINGS, action_dim  # noqa: E402  (this folder)
+from bench_vs_sb3 import action_dim, peer  # noqa: E402  (this folder)
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     from trpo_lab.trpo import Batch, trpo_update
 
     torch.set_num_threads(1)
-    s, act_dim = SETTINGS, action_dim(args.env)
+    s, act_dim = peer(args.env), action_dim(args.env)
     venv = VecNormalize(make_vec_env(args.env, n_envs=s["n_envs"], seed=0, vec_env_cls=DummyVecEnv), gamma=s["gamma"])
     model = TRPO("MlpPolicy", venv, n_steps=s["n_steps"], batch_size=s["batch_size"], target_kl=s["target_kl"],
                  cg_max_steps=s["cg_max_steps"], cg_damping=s["cg_damping"], seed=0, device="cpu",
