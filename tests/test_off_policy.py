@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
@@ -325,3 +326,46 @@ def test_async_with_a_fixed_lag_or_subproc_is_refused():
     with pytest.raises(ConfigError, match=r"trainer.rollout_workers.*n_envs=2"):
         validate(_cfg(collection="async", rollout_workers=3))
     validate(_cfg(collection="async", rollout_workers=2))
+
+
+def test_an_async_batch_is_what_its_environments_and_policies_did():
+    """Replaying a batch's stored actions in fresh environments seeded as the workers' gives its
+    observations, rewards and episode ends; its log-probabilities are the publishing policy's."""
+    import gymnasium as gym
+
+    from trpo_lab.async_collection import AsyncCollector
+    from trpo_lab.trainer import build_agent
+
+    cfg = _cfg("Pendulum-v1", collection="async", rollout_workers=2, steps_per_iter=128)
+    cfg.env.max_episode_steps = 50  # time limits inside the batch
+    cfg.trpo.normalize_reward = False  # the batch's rewards are then the environments' own
+    T, N = 64, 2
+    collector = AsyncCollector(cfg, T, N, seed=7)
+    try:
+        agent = build_agent(cfg, collector.observation_space, collector.action_space)
+        rollout = collector.collect(agent, 0)
+        slot = collector._slots[0]
+        raw = slot["raw_obs"].copy()
+        with torch.no_grad():
+            logp = agent.policy.log_prob(torch.from_numpy(rollout.obs.reshape(T * N, -1)),
+                                         torch.from_numpy(rollout.actions.reshape(T * N, -1)))
+        torch.testing.assert_close(torch.from_numpy(rollout.behaviour_logp.reshape(-1)).float(), logp,
+                                   rtol=1e-4, atol=1e-4)
+        assert (rollout.versions == 0).all() and rollout.behaviour_dist is None
+        for j in range(N):
+            env = gym.make("Pendulum-v1", max_episode_steps=50)
+            obs, _ = env.reset(seed=7 + j)
+            for t in range(T):
+                np.testing.assert_allclose(raw[t, j], obs, rtol=1e-6)
+                action = np.clip(rollout.actions[t, j], env.action_space.low, env.action_space.high)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                assert slot["rewards"][t, j] == pytest.approx(reward, rel=1e-5)
+                assert rollout.episode_ends[t, j] == (terminated or truncated)
+                if terminated or truncated:
+                    obs, _ = env.reset()
+        assert [t for t, i, _ in rollout.truncations if i == 0] == [49]
+        # The next batch (version 0 still: nothing published) continues the same episodes.
+        second = collector.collect(agent, 0)
+        assert np.isfinite(second.obs).all()
+    finally:
+        collector.close()
