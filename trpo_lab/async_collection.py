@@ -13,7 +13,8 @@ its distribution (for `train/behaviour_kl`).
 The trainer owns the learning state: the observation normaliser's statistics
 grow here from each batch's raw observations, rewards are scaled here, and
 finished episodes are counted here from the batch. Workers normalise with the
-statistics published with the policy they act with.
+published statistics joined with their own observations of the batch in
+progress, as synchronous collection normalises with everything seen so far.
 
 Async runs are not reproducible step for step (the lag depends on timing);
 a checkpoint holds the agent and the counters, and a resumed async run starts
@@ -152,12 +153,9 @@ class AsyncCollector:
             self._check_alive()
         try:
             self.layout.write(actor, channel["params"])
-            if norm.enabled:
-                channel["norm"][0] = norm.rms.mean.reshape(-1)
-                channel["norm"][1] = np.sqrt(norm.rms.var.reshape(-1) + norm.eps)
-                channel["norm"][2] = norm.clip
-            else:
-                channel["norm"][0], channel["norm"][1], channel["norm"][2] = 0.0, 1.0, np.inf
+            channel["norm"][0] = norm.rms.mean.reshape(-1)
+            channel["norm"][1] = norm.rms.var.reshape(-1)
+            channel["norm_meta"][:] = (norm.rms.count, norm.clip, norm.eps, float(norm.enabled))
             channel["header"][RESET_SEED] = self._reset_seed
             channel["header"][VERSION] = version
         finally:

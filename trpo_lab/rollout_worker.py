@@ -4,7 +4,7 @@ Imports no torch: a worker needs numpy, gymnasium and the numpy actor only.
 The trainer's side (trpo_lab/async_collection.py) owns the same memory:
 
     PolicyChannel   the newest published policy: the actor's weights, the
-                    observation normaliser's mean and std, and its version
+                    observation normaliser's statistics, and its version
                     (the number of updates behind it), written under a lock
     BatchSlots      two batches of T steps of all N environments; worker w
                     writes its own environments' columns
@@ -15,6 +15,13 @@ it is never more than one batch ahead of the update in progress. At the start
 of every step it checks the channel's version (a read of shared memory) and,
 when it changed, copies the new policy in (under the lock): a sample's
 behaviour policy is the newest one its worker had when it acted.
+
+A worker normalises observations as synchronous collection does, with running
+statistics that include every observation so far: the published statistics
+(all complete batches) joined with its own observations of the batch in
+progress. Acting on a normaliser frozen between publications instead, with the
+untrained identity for the first batches, learned far worse on Hopper
+(docs/off_policy.md).
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import numpy as np
 from trpo_lab import workers
 from trpo_lab.actor import NumpyActor
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import make_env
+from trpo_lab.envs import ObsNormalizer, make_env
 
 SLOTS = 2
 # PolicyChannel header fields (int64).
@@ -90,8 +97,10 @@ class PolicyLayout:
 
 
 def channel_spec(layout: PolicyLayout, obs_dim: int) -> dict:
-    return {"params": ((layout.size,), np.float64), "norm": ((3, obs_dim), np.float64),  # mean, std, clip
-            "header": ((3,), np.int64)}
+    """params: the actor (PolicyLayout); norm: the normaliser's running mean and variance [2, obs_dim];
+    norm_meta: its count, clip, eps and enabled flag; header: VERSION, RESET_SEED, STOP."""
+    return {"params": ((layout.size,), np.float64), "norm": ((2, obs_dim), np.float64),
+            "norm_meta": ((4,), np.float64), "header": ((3,), np.int64)}
 
 
 def slot_spec(T: int, N: int, obs_dim: int, act_dim: int, out_dim: int, discrete: bool) -> dict:
@@ -149,41 +158,41 @@ class _Worker:
         self._flat = np.zeros(layout.size)
         self.actor = layout.actor(self._flat)
         self.version = -1
-        self.mean = np.zeros(self.channel["norm"].shape[1])
-        self.std = np.ones_like(self.mean)
-        self.clip = np.inf
+        self.obs_dim = self.channel["norm"].shape[1]
+        self.norm = ObsNormalizer((self.obs_dim,))
+        self.live = self.norm.rollout()  # the published statistics joined with this batch's observations
         self.rng = np.random.default_rng([seed, w])
         space = envs[0].action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)
         if not self.discrete:
             self.low, self.high = space.low, space.high
 
-    def refresh(self) -> None:
-        """Copy the newest published policy in (called when the channel's version changed)."""
+    def refresh(self, seen: np.ndarray | None = None) -> None:
+        """Copy the newest published policy in (called when the channel's version changed); `seen`:
+        this batch's observations so far [rows, obs_dim], not yet in the published statistics."""
         channel = self.channel
         while not self.lock.acquire(timeout=1.0):
             if not workers.pid_alive(self.parent_pid):
                 raise EOFError("the trainer is gone")
         try:
             np.copyto(self._flat, channel["params"])
-            self.mean[:], self.std[:] = channel["norm"][0], channel["norm"][1]
-            self.clip = float(channel["norm"][2, 0])
+            rms = self.norm.rms
+            rms.mean, rms.var = channel["norm"][0].copy(), channel["norm"][1].copy()
+            count, clip, eps, enabled = channel["norm_meta"]
+            rms.count, self.norm.clip, self.norm.eps, self.norm.enabled = float(count), float(clip), float(eps), \
+                bool(enabled)
             self.version = int(channel["header"][VERSION])
         finally:
             self.lock.release()
         self.actor.refresh()
-
-    def normalise(self, obs: np.ndarray, out: np.ndarray) -> np.ndarray:
-        np.subtract(obs, self.mean, out)
-        np.divide(out, self.std, out)
-        np.minimum(out, self.clip, out=out)
-        np.maximum(out, -self.clip, out=out)
-        return out
+        self.live = self.norm.rollout()
+        if seen is not None and len(seen):
+            self.live.step(seen, np.empty_like(seen))
 
     def loop(self) -> None:
         header = self.channel["header"]
         n = len(self.envs)
-        obs = np.zeros((n, self.mean.size))
+        obs = np.zeros((n, self.obs_dim))
         b = 0
         while True:
             self.wait_free.wait()
@@ -224,8 +233,9 @@ class _Worker:
             noise, clipped = np.empty((n, self.low.size)), np.empty((n, self.low.size))
         for t in range(T):
             if header[VERSION] != self.version:
-                self.refresh()
-            self.normalise(obs, obs_n)
+                self.refresh(raw_out[:t, c].reshape(-1, self.obs_dim))
+            live = self.live
+            live.step(obs, obs_n)
             raw_out[t, c] = obs
             obs_out[t, c] = obs_n
             version_out[t, c] = self.version
@@ -248,11 +258,10 @@ class _Worker:
                 ob, reward, term, trunc, _ = env.step(int(actions[i]) if self.discrete else actions[i])
                 j = c.start + i
                 if term or trunc:
-                    final = np.asarray(ob, dtype=np.float64).reshape(-1)
-                    final_out[t, j] = self.normalise(final, np.empty_like(final))
+                    final_out[t, j] = live.normalise(np.asarray(ob, dtype=np.float64).reshape(1, -1))[0]
                     ob, _ = env.reset()
                 obs[i] = np.asarray(ob).reshape(-1)
                 rewards[t, j], terminated[t, j], truncated[t, j] = reward, term, trunc
         slot["last_raw_obs"][c] = obs
-        slot["last_obs"][c] = self.normalise(obs, obs_n)
+        slot["last_obs"][c] = self.live.normalise(obs)
         return obs
