@@ -121,6 +121,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def failed_summary(env_id: str, error: str) -> dict[str, Any]:
+    """summary.json of a run that failed before its first iteration: every field, nothing measured."""
+    nan = float("nan")
+    summary: dict[str, Any] = {k: nan for k in M.SUMMARY_FIELDS}
+    summary.update(env_id=env_id, env_steps=0, iterations=0, wall_time_s=0.0, steps_per_s=0.0,
+                   status="failed", error=error)
+    return summary
+
+
 class WandbRun:
     """One wandb run for one job; every failure inside wandb is reported once and swallowed."""
 
@@ -137,11 +146,25 @@ class WandbRun:
             id_file = run_dir / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.is_file() and cfg.mode == "online" else None
             tags = list(cfg.tags) + (["resumed"] if resumed and run_id is None else [])
-            self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=group, tags=tags,
-                name=name, mode=cfg.mode, dir=str(run_dir), config=config,
-                id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
-            )
+
+            def start(mode: str):
+                return wandb.init(
+                    project=cfg.project, entity=cfg.entity, group=group, tags=tags,
+                    name=name, mode=mode, dir=str(run_dir), config=config,
+                    id=run_id if mode == "online" else None, resume="allow" if run_id and mode == "online" else None,
+                    reinit="finish_previous",
+                )
+
+            try:
+                self.run = start(cfg.mode)
+            except Exception as err:
+                if cfg.mode != "online":
+                    raise
+                # No account or no network: keep the run offline, so it can be synced later.
+                log.warning("wandb could not start online (%s); logging offline in %s instead: "
+                            "sync it later with `wandb sync %s`", " ".join(str(err).split()),
+                            run_dir / "wandb", run_dir / "wandb" / "offline-run-*")
+                self.run = start("offline")
             id_file.write_text(self.run.id + "\n")
             self.run.define_metric(M.ENV_STEPS)
             self.run.define_metric("*", step_metric=M.ENV_STEPS)
