@@ -41,7 +41,7 @@ def plt():
 def data_points(fig) -> int:
     """How many data points the figure draws: line vertices, scatter points, bars and
     bands, guides excluded. 0 for axes without data (what an "empty figure" means)."""
-    from matplotlib.collections import PathCollection, PolyCollection
+    from matplotlib.collections import LineCollection, PathCollection, PolyCollection
     from matplotlib.patches import Rectangle
 
     n = 0
@@ -54,6 +54,8 @@ def data_points(fig) -> int:
                 continue
             if isinstance(coll, PathCollection):
                 n += len(coll.get_offsets())
+            elif isinstance(coll, LineCollection):  # Optuna's parallel coordinates
+                n += len(coll.get_segments())
             elif isinstance(coll, PolyCollection):
                 n += 1
         n += sum(1 for p in ax.patches if isinstance(p, Rectangle) and p.get_gid() != GUIDE

@@ -120,9 +120,9 @@ def aggregate_section(configs: list[Configuration], figures: F.Figures, versus: 
         if a not in matrices or b not in matrices:
             raise ReportError(f"--versus {a} {b}: both need final returns on every task ({', '.join(tasks)})")
         value, low, high = stats.probability_of_improvement(matrices[a], matrices[b])
+        verdict = f"{a} is better" if low > 0.5 else f"{a} is worse" if high < 0.5 else "not distinguishable at 95%"
         parts.append(f"<h3 id='versus'>{a} versus {b}</h3><p>P({a} &gt; {b}) = {num(value)}, 95% CI "
-                     f"[{num(low)}, {num(high)}]: {'better' if low > 0.5 else 'worse' if high < 0.5 else 'not distinguishable at 95%'}"
-                     ".</p>")
+                     f"[{num(low)}, {num(high)}]: {verdict}.</p>")
         parts.append(F.versus_figure(a, b, value, low, high, figures))
     return "\n".join(parts)
 
@@ -148,6 +148,8 @@ def build_report(paths: list[str], out: Path, title: Optional[str] = None, png: 
         return result
     figures = F.Figures(out.with_name(out.stem + "_files") if png else None)
     configs, common, varying = group_runs(inputs.runs)
+    for name in versus or ():
+        _find(name, configs)  # an unknown name fails before anything is drawn
     body: list[str] = []
     title = title or "trpo_lab report: " + ", ".join(paths)
     body.append(f"<h1>{html.escape(title)}</h1>")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from typing import Optional
+
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
@@ -39,7 +41,7 @@ def iqm(scores) -> float:
     return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
 
 
-def bootstrap_interval(scores, samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
+def bootstrap_interval(scores, samples: Optional[int] = None, confidence: float = CONFIDENCE,
                        seed: int = SEED) -> tuple[float, float]:
     """Percentile bootstrap interval of the IQM of one task's scores [runs], runs resampled.
 
@@ -52,7 +54,7 @@ def bootstrap_interval(scores, samples: int = BOOTSTRAP_SAMPLES, confidence: flo
     x = np.sort(np.asarray(scores, dtype=float))
     n = len(x)
     rng = np.random.default_rng(seed)
-    resampled = np.sort(x[rng.integers(0, n, (samples, n))], axis=1)
+    resampled = np.sort(x[rng.integers(0, n, (samples or BOOTSTRAP_SAMPLES, n))], axis=1)
     cut = int(0.25 * n)
     iqms = resampled[:, cut:n - cut].mean(axis=1)
     alpha = 100 * (1.0 - confidence) / 2.0
@@ -60,7 +62,7 @@ def bootstrap_interval(scores, samples: int = BOOTSTRAP_SAMPLES, confidence: flo
     return float(low), float(high)
 
 
-def rliable_interval(scores, samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE
+def rliable_interval(scores, samples: Optional[int] = None, confidence: float = CONFIDENCE
                      ) -> tuple[float, float]:
     """rliable's own percentile interval of the IQM of one task's scores [runs] (the reference
     `bootstrap_interval` is checked against)."""
@@ -69,12 +71,12 @@ def rliable_interval(scores, samples: int = BOOTSTRAP_SAMPLES, confidence: float
         warnings.simplefilter("ignore", FutureWarning)
         _, intervals = library.get_interval_estimates(
             {"x": np.asarray(scores, dtype=float).reshape(-1, 1)}, lambda s: np.array([metrics.aggregate_iqm(s)]),
-            reps=samples, confidence_interval_size=confidence, random_state=_random_state())
+            reps=samples or BOOTSTRAP_SAMPLES, confidence_interval_size=confidence, random_state=_random_state())
     low, high = intervals["x"][:, 0]
     return float(low), float(high)
 
 
-def aggregates(score_dict: dict[str, np.ndarray], samples: int = BOOTSTRAP_SAMPLES
+def aggregates(score_dict: dict[str, np.ndarray], samples: Optional[int] = None
                ) -> dict[str, dict[str, tuple[float, float, float]]]:
     """{configuration: {"IQM" | "optimality gap": (estimate, low, high)}} of normalised
     scores [runs, tasks] (optimality gap: the mean shortfall below 1, rliable's gamma=1)."""
@@ -85,14 +87,14 @@ def aggregates(score_dict: dict[str, np.ndarray], samples: int = BOOTSTRAP_SAMPL
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # arch asks for a Generator; rliable passes a RandomState
-        points, intervals = library.get_interval_estimates(score_dict, func, reps=samples,
-                                                           random_state=_random_state())
+        points, intervals = library.get_interval_estimates(
+            score_dict, func, reps=samples or BOOTSTRAP_SAMPLES, random_state=_random_state())
     return {name: {"IQM": (float(points[name][0]), *map(float, intervals[name][:, 0])),
                    "optimality gap": (float(points[name][1]), *map(float, intervals[name][:, 1]))}
             for name in score_dict}
 
 
-def performance_profiles(score_dict: dict[str, np.ndarray], taus: np.ndarray, samples: int = BOOTSTRAP_SAMPLES
+def performance_profiles(score_dict: dict[str, np.ndarray], taus: np.ndarray, samples: Optional[int] = None
                          ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rliable's score distributions: for each tau, the fraction of runs (over all tasks) with a
     normalised score above tau; ({name: [taus]}, {name: [2, taus] interval})."""
@@ -103,11 +105,11 @@ def performance_profiles(score_dict: dict[str, np.ndarray], taus: np.ndarray, sa
         # rliable's score distribution, with its per-tau np.vectorize replaced by one comparison
         # (2 s per configuration measured here, most of the page's time).
         return library.create_performance_profile(
-            score_dict, taus, reps=samples,
+            score_dict, taus, reps=samples or BOOTSTRAP_SAMPLES,
             custom_profile_func=lambda scores, ts: (np.reshape(scores, (-1, 1)) > np.reshape(ts, (1, -1))).mean(0))
 
 
-def probability_of_improvement(x: np.ndarray, y: np.ndarray, samples: int = BOOTSTRAP_SAMPLES
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, samples: Optional[int] = None
                                ) -> tuple[float, float, float]:
     """P(X > Y): the probability that a run of X scores above a run of Y on the same task,
     averaged over tasks (Mann-Whitney U / (n_x n_y)); x [runs_x, tasks], y [runs_y, tasks].
@@ -116,17 +118,18 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, samples: int = BOOT
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         points, intervals = library.get_interval_estimates(
-            {"xy": (x, y)}, metrics.probability_of_improvement, reps=samples, random_state=_random_state())
+            {"xy": (x, y)}, metrics.probability_of_improvement, reps=samples or BOOTSTRAP_SAMPLES,
+            random_state=_random_state())
     low, high = np.ravel(intervals["xy"])[:2]
     return float(points["xy"]), float(low), float(high)
 
 
-def bootstrap_mean_band(curves: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, confidence: float = CONFIDENCE,
+def bootstrap_mean_band(curves: np.ndarray, samples: Optional[int] = None, confidence: float = CONFIDENCE,
                         seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, low, high), each [G], of curves [S seeds, G points]: the mean over seeds and its
     percentile bootstrap band, seeds resampled (one resample for the whole curve)."""
     rng = np.random.default_rng(seed)
     s = curves.shape[0]
-    means = curves[rng.integers(0, s, (samples, s))].mean(axis=1)  # [samples, G]
+    means = curves[rng.integers(0, s, (samples or BOOTSTRAP_SAMPLES, s))].mean(axis=1)  # [samples, G]
     alpha = (1.0 - confidence) / 2.0
     return curves.mean(axis=0), np.quantile(means, alpha, axis=0), np.quantile(means, 1.0 - alpha, axis=0)
