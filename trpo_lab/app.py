@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from trpo_lab import resume
 from trpo_lab.checkpoint import checkpoint_path
@@ -122,7 +122,7 @@ def run(dict_cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = _in_multirun()
     started = time.time() - 1.0  # file times are coarser than the clock on some file systems
-    env_id = str(dict_cfg.get("env", {}).get("id", "?"))
+    env_id = str(OmegaConf.select(dict_cfg, "env.id", default="?", throw_on_missing=False))
     try:
         cfg = to_config(dict_cfg)
         validate(cfg)
