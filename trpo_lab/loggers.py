@@ -37,19 +37,24 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
-# Overrides that say where or how a run runs, not what it is: left out of names and configurations.
-NOT_A_SETTING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "logger",
-                 "hydra", "sweep", "env.id")
+# Keys that say where, how or as which sweep trial a run runs, not what it computes: left out
+# of wandb names and of the report's configurations (whose seeds differ only in these).
+BOOKKEEPING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
+               "logger", "trial", "hydra", "sweep")
+
+
+def is_bookkeeping(key: str) -> bool:
+    """Whether dotted `key` (or a group such as `logger`) is in BOOKKEEPING or under one of its keys."""
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in BOOKKEEPING)
 
 
 def setting_overrides(overrides: list[str]) -> list[str]:
     """The `key=value` overrides that define a configuration beside the environment:
-    everything but the env choice, the seed and the bookkeeping keys in NOT_A_SETTING."""
+    everything but the env choice and the BOOKKEEPING keys."""
     out = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        bookkeeping = any(key == k or key.startswith((k + ".", k + "/")) for k in NOT_A_SETTING)
-        if key != "env" and not bookkeeping:
+        if key not in ("env", "env.id") and not is_bookkeeping(key):
             out.append(item)
     return out
 

@@ -2,7 +2,8 @@
 
 A run directory holds `metrics.jsonl`, `summary.json` and `.hydra/config.yaml`
 (any one of them makes it one). Its settings are its flat config minus the
-bookkeeping keys in IGNORED, which do not change what a run computes.
+bookkeeping keys (loggers.BOOKKEEPING: the seed, where and how it ran, which
+sweep trial it was), which do not change what a run computes.
 """
 from __future__ import annotations
 
@@ -15,18 +16,15 @@ from typing import Any, Optional
 import numpy as np
 
 from trpo_lab import metrics as M
+from trpo_lab.loggers import is_bookkeeping
 
-# Config keys that do not change what a run computes: the seed, where and how it runs,
-# and which Optuna trial (and which of its seeds) a sweep job is.
-IGNORED = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
-           "logger.", "trial.")
 
 
 @dataclass
 class Run:
     path: Path
     env_id: str
-    settings: dict[str, Any]       # flat config minus IGNORED keys
+    settings: dict[str, Any]       # flat config minus bookkeeping keys and env.id
     seed: Optional[int]
     status: str                    # summary.json's, or "unfinished" without one
     rows: list[dict[str, Any]]
@@ -108,7 +106,7 @@ def load_run(path: Path) -> Run:
     env_id = flat.get("env.id") or summary.get("env_id")
     if not env_id:
         raise ValueError("no .hydra/config.yaml and no summary.json: cannot tell the environment")
-    settings = {k: v for k, v in flat.items() if not k.startswith(IGNORED) and k != "env.id"}
+    settings = {k: v for k, v in flat.items() if not is_bookkeeping(k) and k != "env.id"}
     seed = flat.get("trainer.seed")
     return Run(path, env_id, settings, seed, summary.get("status", "unfinished"), rows, summary)
 
