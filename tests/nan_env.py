@@ -4,6 +4,7 @@
     InfObs-v0      an infinite observation on the 50th step
     CrashOdd-v0    raises RuntimeError on the 5th step when reset with an odd seed
     CrashOnBuild-v0  CrashOnBuild-v0(build_pid=P) builds in process P only
+    ImageObs-v0    8x8 RGB image observations, episodes cut by a time limit after 5 steps
 """
 import os
 
@@ -55,7 +56,21 @@ class CrashOnBuild(_Faulty):
             raise RuntimeError(f"CrashOnBuild: built in process {os.getpid()}, not {build_pid}")
 
 
+class ImageObs(gym.Env):
+    observation_space = gym.spaces.Box(0, 255, (8, 8, 3), dtype=np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros((8, 8, 3), dtype=np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full((8, 8, 3), self.t, dtype=np.uint8), 1.0, False, self.t >= 5, {}
+
+
 for _id, _cls in (("NaNReward-v0", NaNReward), ("InfObs-v0", InfObs), ("CrashOdd-v0", CrashOdd),
-                  ("CrashOnBuild-v0", CrashOnBuild)):
+                  ("CrashOnBuild-v0", CrashOnBuild), ("ImageObs-v0", ImageObs)):
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls)

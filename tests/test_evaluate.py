@@ -72,3 +72,33 @@ def test_evaluate_without_a_working_gl_backend_still_evaluates(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no renderer available" in proc.stdout and "MUJOCO_GL=no-such-backend" in proc.stdout
     assert json.loads((run_dir / "evaluation.json").read_text())["video"] is None
+
+
+def test_evaluate_best_checkpoint_and_stochastic_episodes(tmp_path):
+    """best.pt replays the best evaluation; --stochastic samples actions, reproducibly by seed."""
+    run_dir = tmp_path / "run"
+    cfg = Config()
+    cfg.env.id = "CartPole-v1"
+    t = cfg.trainer
+    t.total_steps, t.steps_per_iter, t.eval_episodes, t.eval_every, t.progress = 2048, 512, 2, 1, False
+    cfg.trpo.value_epochs = 2
+    cfg.logger.wandb.mode = "disabled"
+    summary = train(cfg, run_dir)
+    proc = run_cli(str(run_dir), "--checkpoint", "best", "--episodes", "2", "--no-video", cwd=tmp_path,
+                   module="trpo_lab.evaluate", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads((run_dir / "evaluation.json").read_text())
+    assert best["checkpoint"] == "best" and best["policy"] == "deterministic"
+    assert best["return_mean"] == pytest.approx(summary["best_eval_return"], abs=1e-9)
+    proc = run_cli(str(run_dir), "--stochastic", "-n", "3", "--seed", "5", "--no-video", cwd=tmp_path,
+                   module="trpo_lab.evaluate", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "stochastic return" in proc.stdout
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    assert result["policy"] == "stochastic" and result["seed"] == 5
+    from trpo_lab.evaluate import episode_returns, load_agent, main
+
+    cfg, agent, _ = load_agent(run_dir)
+    assert episode_returns(cfg, agent, 3, 5, stochastic=True) == result["returns"]  # the seed decides them
+    (run_dir / "checkpoints" / "best.pt").unlink()
+    assert main([str(run_dir), "--checkpoint", "best"]) == 2

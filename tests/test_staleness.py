@@ -1,11 +1,11 @@
-"""The staleness study's cells, table and figure (trpo_lab/staleness.py)."""
+"""The staleness study's cells, table and figure (trpo_lab/report/staleness.py)."""
 from pathlib import Path
 
 import numpy as np
 
 from trpo_lab import metrics as M
-from trpo_lab.report import Run
-from trpo_lab.staleness import cells, diagnostics_figure, figure, is_staleness_study, table_markdown
+from trpo_lab.report.discovery import Run
+from trpo_lab.report.staleness import cells, diagnostics_figure, figure, is_staleness_study, table_markdown
 
 
 def _run(seed, score, lag=0, correction="importance", collection="sync", env_id="Hopper-v5", status="completed"):

@@ -1,5 +1,6 @@
 """`python -m trpo_lab [overrides]`: compose the config with Hydra and train."""
 import difflib
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,49 @@ _PACKAGE = Path(__file__).resolve().parent
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     return run(cfg)
+
+
+def _integer_keys() -> set[str]:
+    """Dotted keys whose schema type is int (or Optional[int])."""
+    import dataclasses
+    import typing
+
+    from trpo_lab.config import Config
+
+    out: set[str] = set()
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint, f"{prefix}{f.name}.")
+            elif hint is int or hint == typing.Optional[int]:
+                out.add(prefix + f.name)
+
+    walk(Config, "")
+    return out
+
+
+def integral_floats(args: list[str]) -> list[str]:
+    """Overrides with `1e5` or `2048.0` for an integer setting written as integers, so
+    `trainer.total_steps=1e5` works (OmegaConf refuses any float for an int); sweeps of
+    plain values (`=1e5,2e5`) too. A non-integral value is left for OmegaConf to refuse."""
+    keys = _integer_keys()
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in keys and "(" not in value:
+            parts = value.split(",")
+            try:
+                numbers = [float(v) for v in parts]
+            except ValueError:
+                numbers = []
+            if numbers and all(math.isfinite(x) and x == int(x) for x in numbers) \
+                    and any(not v.strip().lstrip("+-").isdigit() for v in parts):
+                arg = f"{key}={','.join(str(int(x)) for x in numbers)}"
+        out.append(arg)
+    return out
 
 
 def _raised_in_trpo_lab(err: BaseException) -> bool:
@@ -47,6 +91,7 @@ def cli() -> None:
     """
     user_wants_traces = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv[1:] = integral_floats(sys.argv[1:])
     try:
         main()
     except (ConfigError, EnvError, DivergedError) as err:

@@ -1,25 +1,32 @@
 """The Hydra task function's body: typed config -> validated -> trained -> objective.
 
 In a single run, the endings a user can cause end with one line on stderr:
-a bad value or unknown env (exit 2), a diverged run (exit 1), Ctrl-C or SIGTERM
-(exit 130); summary.json records the last three. Inside a multirun they are
+a bad value or unknown env (exit 2), a diverged run or an environment that
+cannot be built (exit 1), Ctrl-C or SIGTERM (exit 130, with the command that
+continues the run); summary.json records every one that left a run directory. Inside a multirun they are
 raised instead, so the sweeper records that job and goes on.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from trpo_lab import resume
+from trpo_lab.checkpoint import checkpoint_path
 from trpo_lab.config import ConfigError, to_config, validate
 from trpo_lab.envs import EnvError
+from trpo_lab.loggers import failed_summary, write_json_atomic
+from trpo_lab.resume import RunDirInUse
 from trpo_lab.trainer import DivergedError, train
 
 
@@ -54,7 +61,12 @@ def _check_output_dir(key: str, path: str) -> None:
 
 class OutputDirCheck(Callback):
     """Checks the output directory before Hydra creates it (its own failure is a traceback),
-    and in a single run the config too, so a bad one leaves no directory behind."""
+    and in a single run the config too, so a bad one leaves no directory behind.
+
+    `trainer.resume=RUN_DIR` continues that run in RUN_DIR: the run directory
+    becomes RUN_DIR, and Hydra writes no second `.hydra/` there (the run's own
+    one says how it was started), so no empty time-stamped folder appears.
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         sweep = config.hydra.runtime.choices.get("sweep")
@@ -62,13 +74,28 @@ class OutputDirCheck(Callback):
             _fail(f"error: sweep={sweep} is a sweep, which needs -m (--multirun): "
                   f"python -m trpo_lab -m sweep={sweep} ...", 2)
         try:
-            validate(to_config(config))
+            cfg = to_config(config)
+            validate(cfg)
         except (ConfigError, EnvError) as err:
             _fail(f"error: {err}", 2)
+        if resume.resumes_from_path(cfg.trainer.resume):
+            source = Path(cfg.trainer.resume).expanduser().absolute()
+            if not checkpoint_path(source).is_file():
+                _fail(f"error: trainer.resume={cfg.trainer.resume!r} is invalid: no checkpoint at "
+                      f"{checkpoint_path(source)}", 2)
+            with open_dict(config.hydra), read_write(config.hydra):
+                config.hydra.run.dir = str(source)
+                config.hydra.output_subdir = None
         _check_output_dir("hydra.run.dir", config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _check_output_dir("hydra.sweep.dir", config.hydra.sweep.dir)
+        sweep_dir = str(config.hydra.sweep.dir)
+        _check_output_dir("hydra.sweep.dir", sweep_dir)
+        # Each job composes its own config, where hydra.sweep.dir would resolve again with the
+        # job's own env (conf/config.yaml names the folder after the task): fix it to this one.
+        with open_dict(config.hydra), read_write(config.hydra):
+            config.hydra.sweep.dir = sweep_dir
+            config.hydra.overrides.hydra.append("hydra.sweep.dir='{}'".format(sweep_dir.replace("'", "\\'")))
 
 
 def _trial_reporter():
@@ -80,13 +107,31 @@ def _trial_reporter():
     return current_trial()
 
 
+def _record_failure(run_dir: Path, env_id: str, err: BaseException, started: float) -> None:
+    """Give a run that failed before training wrote its summary (a bad config in a multirun,
+    an environment that cannot be built) a summary.json saying so, as every run directory has."""
+    summary = run_dir / "summary.json"
+    if run_dir.is_dir() and not (summary.is_file() and summary.stat().st_mtime >= started):
+        write_json_atomic(summary, failed_summary(env_id, f"{type(err).__name__}: {err}"))
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """How to continue an interrupted run: the exact command, or why there is nothing to continue."""
+    if checkpoint_path(run_dir).is_file():
+        return f"; continue it with: python -m trpo_lab trainer.resume={shlex.quote(str(run_dir.absolute()))}"
+    return "; it stopped before its first checkpoint, so there is nothing to resume"
+
+
 def run(dict_cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = _in_multirun()
+    started = time.time() - 1.0  # file times are coarser than the clock on some file systems
+    env_id = str(OmegaConf.select(dict_cfg, "env.id", default="?", throw_on_missing=False))
     try:
         cfg = to_config(dict_cfg)
         validate(cfg)
     except (ConfigError, EnvError) as err:
+        _record_failure(run_dir, env_id, err, started)
         if multirun:
             raise
         _fail(f"error: {err}", 2)
@@ -96,17 +141,23 @@ def run(dict_cfg: DictConfig) -> float:
         on_eval = (lambda env_steps, eval_return: reporter.report(eval_return, env_steps)) if reporter else None
         summary = train(cfg, run_dir, on_eval=on_eval)
     except ConfigError as err:  # trainer.resume: no checkpoint there, or one of another config
+        _record_failure(run_dir, env_id, err, started)
         if multirun:
             raise
         _fail(f"error: {err}", 2)
+    except RunDirInUse as err:  # another run owns the directory and its summary: touch nothing
+        if multirun:
+            raise
+        _fail(f"failed: {err}", 1)
     except (EnvError, DivergedError, OSError) as err:
+        _record_failure(run_dir, env_id, err, started)
         if multirun:
             raise
         _fail(f"failed: {err}; outputs in {run_dir}", 1)
     except KeyboardInterrupt:
         if multirun:
             raise
-        _fail(f"interrupted; outputs in {run_dir}", 130)
+        _fail(f"interrupted; outputs in {run_dir}{_resume_hint(run_dir)}", 130)
     if reporter is not None:
         from trpo_lab.sweep_check import summary_values
 

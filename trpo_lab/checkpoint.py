@@ -1,7 +1,9 @@
 """Checkpoints: one file holding what resuming and evaluating a run need.
 
-`checkpoints/last.pt` is replaced atomically, so a run killed while saving
-keeps its previous checkpoint intact.
+`checkpoints/last.pt` (the latest iteration, with the training state that exact
+resume needs) and `checkpoints/best.pt` (the policy of the best deterministic
+evaluation so far, with its `eval_return`) are replaced atomically, so a run
+killed while saving keeps its previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import torch
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+BEST = "best.pt"
+NAMES = {"last": LAST, "best": BEST}
 
 
-def checkpoint_path(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR / LAST
+def checkpoint_path(run_dir: Path, name: str = LAST) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / name
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    path = checkpoint_path(run_dir)
+def save_checkpoint(run_dir: Path, state: dict[str, Any], name: str = LAST) -> Path:
+    path = checkpoint_path(run_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -28,8 +32,8 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
-    path = checkpoint_path(run_dir)
+def load_checkpoint(run_dir: Path, name: str = LAST) -> dict[str, Any]:
+    path = checkpoint_path(run_dir, name)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     return torch.load(path, map_location="cpu", weights_only=False)

@@ -136,8 +136,23 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the root dataclass; conf/config.yaml lists it first in its defaults."""
+    """Register the root dataclass (conf/config.yaml lists it first in its defaults) and the
+    `trpo_lab.task` resolver that names multirun folders."""
     ConfigStore.instance().store(name="config_schema", node=Config)
+    if not OmegaConf.has_resolver("trpo_lab.task"):
+        OmegaConf.register_new_resolver("trpo_lab.task", task_name)
+
+
+def task_name(env_id: str, overrides: Any = ()) -> str:
+    """The task a multirun runs, for its folder name as single runs have (`outputs/<env id>/...`):
+    the env id, or the swept envs joined by '+' when the command sweeps `env` or `env.id`."""
+    for item in overrides or ():
+        key, _, value = str(item).partition("=")
+        if key.lstrip("+~") in ("env", "env.id") and ("," in value or "(" in value):
+            inner = value[value.find("(") + 1:value.rfind(")")] if "(" in value else value
+            names = [v.strip().strip("'\"") for v in inner.split(",") if v.strip()]
+            return "+".join(n.replace("/", "_").replace(":", "_") for n in names) or "envs"
+    return str(env_id).replace("/", "_").replace(":", "_")
 
 
 VEC_ENVS = ("sync", "subproc")

@@ -31,9 +31,13 @@ def make_env(cfg: EnvConfig) -> gym.Env:
         env = gym.make(cfg.id, **kwargs)
     except Exception as err:
         raise EnvError(f"could not build env.id={cfg.id!r}: {err}") from err
-    if not isinstance(env.observation_space, gym.spaces.Box):
-        raise EnvError(f"env.id={cfg.id!r} has observation space {env.observation_space}; "
-                       "trpo_lab needs a Box (vector) observation")
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        env.close()
+        kind = "image observations" if isinstance(space, gym.spaces.Box) and len(space.shape) >= 2 \
+            else "observation space"
+        raise EnvError(f"env.id={cfg.id!r} has {kind} {space}; trpo_lab's MLP policies need a "
+                       "flat vector observation (a one-dimensional Box), and pixel policies do not exist yet")
     if not isinstance(env.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
         raise EnvError(f"env.id={cfg.id!r} has action space {env.action_space}; "
                        "trpo_lab handles Box and Discrete")
@@ -584,6 +588,7 @@ class RolloutNormalizer:
 
     def normalise(self, obs: np.ndarray) -> np.ndarray:
         """obs [n, d] normalised with the statistics so far, without adding it (float64)."""
+        obs = obs.reshape(obs.shape[0], self._d)  # as `step` does: rows of d numbers
         if not self.enabled:
             return np.array(obs, dtype=np.float64)
         return self._normalise(obs - self._anchor, np.empty(obs.shape))

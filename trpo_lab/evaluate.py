@@ -1,9 +1,11 @@
 """`python -m trpo_lab.evaluate RUN_DIR`: replay a trained policy from its checkpoint.
 
-Loads `RUN_DIR/checkpoints/last.pt` (policy and its observation normaliser, with
-the run's own config), runs N deterministic episodes (the policy's mean or most
-likely action) seeded seed, seed+1, ..., and prints their mean and spread. The
-numbers are also written to `RUN_DIR/evaluation.json`.
+Loads `RUN_DIR/checkpoints/last.pt` (`--checkpoint best`: `best.pt`, the policy
+of the run's best evaluation; each holds the policy, its observation normaliser
+and the run's own config), runs N episodes seeded seed, seed+1, ..., and prints
+their mean and spread. Episodes are deterministic (the policy's mean or most
+likely action) unless `--stochastic` (actions sampled from the policy, with the
+episode's seed). The numbers are also written to `RUN_DIR/evaluation.json`.
 
 With a renderer it also saves a video of the first episode under
 `RUN_DIR/videos/` (MP4 with imageio-ffmpeg, else GIF). MuJoCo tasks render
@@ -23,10 +25,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.checkpoint import LAST, NAMES, checkpoint_path, load_checkpoint
 from trpo_lab.config import Config, to_config
 from trpo_lab.envs import make_env
 from trpo_lab.loggers import write_json_atomic
+from trpo_lab.policies import NumpyActor
 from trpo_lab.trainer import Agent, build_agent, run_episode
 
 MAX_VIDEO_FRAMES = 1000
@@ -67,11 +70,11 @@ def choose_mujoco_gl(want_video: bool) -> Optional[str]:
     return f"mujoco cannot load an OpenGL backend ({tried})"
 
 
-def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, Any]]:
-    """(the run's config, its agent as checkpointed, the checkpoint)."""
+def load_agent(run_dir: Path, name: str = LAST) -> tuple[Config, Agent, dict[str, Any]]:
+    """(the run's config, its agent as checkpointed, the checkpoint) of checkpoints/<name>."""
     from omegaconf import OmegaConf
 
-    checkpoint = load_checkpoint(run_dir)
+    checkpoint = load_checkpoint(run_dir, name)
     cfg = to_config(OmegaConf.create(checkpoint["config"]))
     env = make_env(cfg.env)
     try:
@@ -82,17 +85,45 @@ def load_agent(run_dir: Path) -> tuple[Config, Agent, dict[str, Any]]:
     return cfg, agent, checkpoint
 
 
-def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int) -> list[float]:
+def stochastic_episode(env, actor: NumpyActor, obs_norm, seed: int, frames: Optional[list] = None) -> float:
+    """Return of one episode from env.reset(seed=seed) with actions sampled from the policy,
+    its randomness from numpy's Generator seeded `seed`; with `frames`, appends env.render()."""
+    import gymnasium as gym
+
+    rng = np.random.default_rng(seed)
+    box = isinstance(env.action_space, gym.spaces.Box)
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    if frames is not None:
+        frames.append(env.render())
+    while not done:
+        noise, _ = actor.noise(rng, 1, 1)
+        action = actor.sample(obs_norm(np.asarray(obs, dtype=np.float64)[None]), noise[0])[0][0]
+        if box:
+            action = np.clip(action, env.action_space.low, env.action_space.high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return total
+
+
+def _episode(stochastic: bool):
+    return stochastic_episode if stochastic else run_episode
+
+
+def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int, stochastic: bool = False) -> list[float]:
     env = make_env(cfg.env)
     actor = agent.policy.numpy_actor()
     try:
-        return [run_episode(env, actor, agent.obs_norm, seed + ep) for ep in range(episodes)]
+        return [_episode(stochastic)(env, actor, agent.obs_norm, seed + ep) for ep in range(episodes)]
     finally:
         env.close()
 
 
 def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
-                 gl_problem: Optional[str] = None) -> tuple[Optional[Path], str]:
+                 gl_problem: Optional[str] = None, stochastic: bool = False) -> tuple[Optional[Path], str]:
     """(video path or None, a sentence saying what happened). Never raises."""
     if gl_problem and _is_mujoco(cfg.env.id):
         return None, f"no renderer available: {gl_problem}"
@@ -105,7 +136,7 @@ def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
         return None, f"no renderer available: the environment cannot render ({err})"
     frames: list = []
     try:
-        run_episode(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames)
+        _episode(stochastic)(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames)
     except Exception as err:
         gl = os.environ.get("MUJOCO_GL")
         return None, (f"no renderer available ({type(err).__name__}: {err}; MUJOCO_GL={gl}; "
@@ -146,33 +177,41 @@ def _fps(cfg: Config) -> float:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trpo_lab.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    parser.add_argument("-n", "--episodes", type=int, default=10, help="deterministic episodes (default 10)")
+    parser.add_argument("-n", "--episodes", type=int, default=10, help="episodes (default 10)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the first episode (default: the run's evaluation seed, trainer.seed + 10000)")
+    parser.add_argument("--checkpoint", choices=tuple(NAMES), default="last",
+                        help="last: the end of training (default); best: the policy of the best evaluation")
+    parser.add_argument("--stochastic", action="store_true",
+                        help="sample actions from the policy instead of taking its mean or most likely action")
     parser.add_argument("--no-video", action="store_true", help="do not try to render")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes={args.episodes} is invalid: must be >= 1")
-    if not checkpoint_path(args.run_dir).is_file():
-        print(f"trpo_lab.evaluate: error: no checkpoint at {checkpoint_path(args.run_dir)}", file=sys.stderr)
+    path = checkpoint_path(args.run_dir, NAMES[args.checkpoint])
+    if not path.is_file():
+        why = " (runs keep best.pt from their first evaluation on)" if args.checkpoint == "best" else ""
+        print(f"trpo_lab.evaluate: error: no checkpoint at {path}{why}", file=sys.stderr)
         return 2
     gl_problem = choose_mujoco_gl(want_video=not args.no_video)
-    cfg, agent, checkpoint = load_agent(args.run_dir)
+    cfg, agent, checkpoint = load_agent(args.run_dir, NAMES[args.checkpoint])
     seed = cfg.trainer.seed + 10_000 if args.seed is None else args.seed
-    returns = episode_returns(cfg, agent, args.episodes, seed)
+    returns = episode_returns(cfg, agent, args.episodes, seed, args.stochastic)
+    policy = "stochastic" if args.stochastic else "deterministic"
     result = {
-        "env_id": cfg.env.id, "iteration": checkpoint["iteration"], "env_steps": checkpoint["env_steps"],
+        "env_id": cfg.env.id, "checkpoint": args.checkpoint, "policy": policy,
+        "iteration": checkpoint["iteration"], "env_steps": checkpoint["env_steps"],
         "episodes": args.episodes, "seed": seed, "returns": returns,
         "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns)),
         "return_min": float(np.min(returns)), "return_max": float(np.max(returns)),
     }
-    print(f"{cfg.env.id} after {checkpoint['env_steps']} env steps (iteration {checkpoint['iteration']}): "
-          f"deterministic return {result['return_mean']:.2f} +- {result['return_std']:.2f} (std) over "
-          f"{args.episodes} episodes, min {result['return_min']:.2f}, max {result['return_max']:.2f}")
+    print(f"{cfg.env.id}, {args.checkpoint} checkpoint, after {checkpoint['env_steps']} env steps (iteration "
+          f"{checkpoint['iteration']}): {policy} return {result['return_mean']:.2f} +- {result['return_std']:.2f} "
+          f"(std) over {args.episodes} episodes, min {result['return_min']:.2f}, max {result['return_max']:.2f}")
     if args.no_video:
         result["video"] = None
     else:
-        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem)
+        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem, args.stochastic)
         result["video"] = str(video) if video else None
         print(message)
     write_json_atomic(args.run_dir / "evaluation.json", result)

@@ -37,19 +37,24 @@ def flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
-# Overrides that say where or how a run runs, not what it is: left out of names and configurations.
-NOT_A_SETTING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "logger",
-                 "hydra", "sweep", "env.id")
+# Keys that say where, how or as which sweep trial a run runs, not what it computes: left out
+# of wandb names and of the report's configurations (whose seeds differ only in these).
+BOOKKEEPING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
+               "logger", "trial", "hydra", "sweep")
+
+
+def is_bookkeeping(key: str) -> bool:
+    """Whether dotted `key` (or a group such as `logger`) is in BOOKKEEPING or under one of its keys."""
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in BOOKKEEPING)
 
 
 def setting_overrides(overrides: list[str]) -> list[str]:
     """The `key=value` overrides that define a configuration beside the environment:
-    everything but the env choice, the seed and the bookkeeping keys in NOT_A_SETTING."""
+    everything but the env choice and the BOOKKEEPING keys."""
     out = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
-        bookkeeping = any(key == k or key.startswith((k + ".", k + "/")) for k in NOT_A_SETTING)
-        if key != "env" and not bookkeeping:
+        if key not in ("env", "env.id") and not is_bookkeeping(key):
             out.append(item)
     return out
 
@@ -121,6 +126,15 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def failed_summary(env_id: str, error: str) -> dict[str, Any]:
+    """summary.json of a run that failed before its first iteration: every field, nothing measured."""
+    nan = float("nan")
+    summary: dict[str, Any] = {k: nan for k in M.SUMMARY_FIELDS}
+    summary.update(env_id=env_id, env_steps=0, iterations=0, wall_time_s=0.0, steps_per_s=0.0,
+                   status="failed", error=error)
+    return summary
+
+
 class WandbRun:
     """One wandb run for one job; every failure inside wandb is reported once and swallowed."""
 
@@ -137,11 +151,25 @@ class WandbRun:
             id_file = run_dir / "wandb_run_id"
             run_id = id_file.read_text().strip() if id_file.is_file() and cfg.mode == "online" else None
             tags = list(cfg.tags) + (["resumed"] if resumed and run_id is None else [])
-            self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=group, tags=tags,
-                name=name, mode=cfg.mode, dir=str(run_dir), config=config,
-                id=run_id, resume="allow" if run_id else None, reinit="finish_previous",
-            )
+
+            def start(mode: str):
+                return wandb.init(
+                    project=cfg.project, entity=cfg.entity, group=group, tags=tags,
+                    name=name, mode=mode, dir=str(run_dir), config=config,
+                    id=run_id if mode == "online" else None, resume="allow" if run_id and mode == "online" else None,
+                    reinit="finish_previous",
+                )
+
+            try:
+                self.run = start(cfg.mode)
+            except Exception as err:
+                if cfg.mode != "online":
+                    raise
+                # No account or no network: keep the run offline, so it can be synced later.
+                log.warning("wandb could not start online (%s); logging offline in %s instead: "
+                            "sync it later with `wandb sync %s`", " ".join(str(err).split()),
+                            run_dir / "wandb", run_dir / "wandb" / "offline-run-*")
+                self.run = start("offline")
             id_file.write_text(self.run.id + "\n")
             self.run.define_metric(M.ENV_STEPS)
             self.run.define_metric("*", step_metric=M.ENV_STEPS)

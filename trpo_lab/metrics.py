@@ -32,7 +32,7 @@ IS_ESS = "train/is_ess"               # effective sample size of pi_old / beta, 
 EVAL_RETURN = "eval/return_mean"
 EVAL_RETURN_STD = "eval/return_std"
 
-# Every iteration writes these (EVAL_* only on evaluating iterations).
+# Every iteration writes these (EVAL_* only on evaluating iterations; the last row holds the final one).
 PER_ITERATION = (
     ITERATION, ENV_STEPS, WALL_TIME, EP_RETURN, EP_LEN, KL, KL_LIMIT, SURROGATE_GAIN,
     LINE_SEARCH_STEPS, LINE_SEARCH_SUCCESS, STEP_FRACTION, CG_RESIDUAL, ENTROPY,
@@ -43,5 +43,5 @@ PER_ITERATION = (
 # summary.json fields.
 SUMMARY_FIELDS = (
     "env_id", "env_steps", "iterations", "wall_time_s", "steps_per_s", "train_return_last10",
-    "eval_return", "best_eval_return", "objective", "status",
+    "eval_return", "eval_return_std", "best_eval_return", "objective", "status",
 )

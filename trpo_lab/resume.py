@@ -90,6 +90,29 @@ def claim(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def resumes_from_path(mode: str | None) -> bool:
+    """True when trainer.resume names a run directory (not auto, never or null)."""
+    return mode not in (None, AUTO, NEVER)
+
+
+def _command_keys() -> set[str] | None:
+    """Keys this command set on its command line (Hydra's task overrides); None outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    except Exception:
+        return None
+
+
+def _given(key: str, command: set[str] | None) -> bool:
+    """Whether the command set `key`, itself or through its group (`env=hopper` sets env.id)."""
+    return command is None or any(key == c or key.startswith(c + ".") or key.startswith(c + "/")
+                                  for c in command)
+
+
 def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | None]:
     """(config, run directory, checkpoint or None) of the run `cfg` asks for in `run_dir`."""
     mode = cfg.trainer.resume
@@ -117,8 +140,10 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
             f"trainer.resume=auto: {run_dir} holds a checkpoint of a different config "
             f"({', '.join(f'{k}: {_flat(stored)[k]!r} -> {_flat(cfg).get(k)!r}' for k in differ[:5])}); "
             "use another hydra.run.dir, or trainer.resume=never to start over")
-    if differ:
-        log.warning("resuming %s with its own config; ignoring this command's %s", source, ", ".join(differ))
+    command = _command_keys()
+    ignored = [k for k in differ if _given(k, command)]  # defaults the user never typed are no news
+    if ignored:
+        log.warning("resuming %s with its own config; ignoring this command's %s", source, ", ".join(ignored))
     log.info("resuming %s from iteration %d (%d env steps)", source, checkpoint["iteration"],
              checkpoint["env_steps"])
     return stored, source, checkpoint

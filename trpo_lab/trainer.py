@@ -21,7 +21,7 @@ import torch
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
 from trpo_lab.actor import NumpyActor
-from trpo_lab.checkpoint import save_checkpoint
+from trpo_lab.checkpoint import BEST, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
 from trpo_lab.envs import ObsNormalizer, RewardScaler, make_env
@@ -181,7 +181,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     episodes = collector.episodes
 
     iteration, env_steps = 0, 0
-    train_time, eval_return, best_eval, wall_before = 0.0, float("nan"), float("-inf"), 0.0
+    train_time, eval_return, eval_std, best_eval, wall_before = 0.0, float("nan"), float("nan"), float("-inf"), 0.0
     if checkpoint is None:
         resume.start_fresh(run_dir)
     else:
@@ -225,7 +225,8 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             stats: UpdateStats = trpo_update(agent.policy, batch, pc)
             lags = rollout.lags(version)
             last = iteration == num_iterations(tc)
-            evaluates = bool(tc.eval_every) and iteration % tc.eval_every == 0 and not last
+            # The final evaluation is the last row's, so curves and tables end on it.
+            evaluates = last or (bool(tc.eval_every) and iteration % tc.eval_every == 0)
             checkpoints = iteration % tc.checkpoint_every == 0 or last
             value_loss = _finish_value_fit(fit, pc.value_epochs)
             if not all(torch.isfinite(p).all() for p in agent.policy.parameters()):
@@ -264,9 +265,13 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             if evaluates:
                 eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
                                                  tc.eval_episodes, eval_seed(tc))
+                if eval_return > best_eval:  # the best-evaluated policy, for `evaluate --checkpoint best`
+                    best = _checkpoint_state(cfg, agent, iteration, env_steps)
+                    best["eval_return"], best["eval_return_std"] = eval_return, eval_std
+                    save_checkpoint(run_dir, best, BEST)
                 best_eval = max(best_eval, eval_return)
                 row[M.EVAL_RETURN], row[M.EVAL_RETURN_STD] = eval_return, eval_std
-                prune = on_eval is not None and on_eval(env_steps, eval_return)
+                prune = not last and on_eval is not None and on_eval(env_steps, eval_return)
             logger.log(row)
             if checkpoints:
                 state = _checkpoint_state(cfg, agent, iteration, env_steps)
@@ -277,9 +282,10 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             if prune:
                 raise PruneRequested
 
-        eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
-                                         tc.eval_episodes, eval_seed(tc))
-        best_eval = max(best_eval, eval_return)
+        if first_iteration > num_iterations(tc):  # resumed a finished run: evaluate it again
+            eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
+                                             tc.eval_episodes, eval_seed(tc))
+            best_eval = max(best_eval, eval_return)
         status = "completed"
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
     except PruneRequested:
@@ -302,6 +308,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             "steps_per_s": env_steps / train_time if train_time > 0 else 0.0,
             "train_return_last10": _mean(ep_returns[-10:]),
             "eval_return": eval_return,
+            "eval_return_std": eval_std,
             "best_eval_return": best_eval if math.isfinite(best_eval) else float("nan"),
             "status": status,
         }

@@ -8,7 +8,7 @@ collection the three corrections are one estimator (beta is pi_old), so that
 cell starts every correction's line. Asynchronous runs are drawn at their
 measured mean lag.
 
-    python -m trpo_lab.staleness multirun/staleness-Hopper-v5 [--png staleness.png]
+    python -m trpo_lab.report.staleness multirun/staleness-Hopper-v5 [--png staleness.png]
 
 prints the markdown table (and writes the figure); the HTML report draws the
 same figure for runs that vary the lag, the correction or the collection.
@@ -55,7 +55,7 @@ def is_staleness_study(runs: list) -> bool:
 
 
 def cells(runs: list) -> list[Cell]:
-    """Completed runs (report.Run) grouped into cells; lag-0 synchronous runs form one cell per
+    """Completed runs (report.discovery.Run) grouped into cells; lag-0 synchronous runs form one cell per
     environment whatever their correction."""
     out: dict[tuple, Cell] = {}
     for run in runs:
@@ -79,7 +79,7 @@ def cells(runs: list) -> list[Cell]:
 
 def score(cell: Cell) -> tuple[float, float, float]:
     """(IQM, low, high) of the cell's final returns: 95% percentile bootstrap over seeds."""
-    from trpo_lab.report import bootstrap_interval, iqm
+    from trpo_lab.report.stats import bootstrap_interval, iqm
 
     scores = np.asarray(cell.scores)
     low, high = bootstrap_interval(scores) if len(scores) > 1 else (scores[0], scores[0])
@@ -105,11 +105,9 @@ def table_markdown(all_cells: list[Cell]) -> str:
 def figure(all_cells: list[Cell]):
     """Final return (IQM, 95% bootstrap band) against policy lag, one line per correction, one panel
     per environment; asynchronous runs as points at their measured mean lag."""
-    import matplotlib
+    from trpo_lab.report.figures import plt as pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     envs = list(dict.fromkeys(c.env_id for c in all_cells))
     fig, axes = plt.subplots(1, len(envs), figsize=(5.5 * len(envs), 4.0), squeeze=False)
     colours = dict(zip(CORRECTIONS, ("tab:blue", "tab:orange", "tab:green")))
@@ -140,11 +138,9 @@ def figure(all_cells: list[Cell]):
 
 def diagnostics_figure(all_cells: list[Cell]):
     """The staleness metrics against environment steps, one line per cell (mean over its seeds)."""
-    import matplotlib
+    from trpo_lab.report.figures import plt as pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4.2 * len(DIAGNOSTICS), 3.6), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for i, c in enumerate(all_cells):
@@ -172,9 +168,9 @@ def diagnostics_figure(all_cells: list[Cell]):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from trpo_lab.report import collect_inputs
+    from trpo_lab.report.discovery import collect_inputs
 
-    parser = argparse.ArgumentParser(prog="python -m trpo_lab.staleness", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m trpo_lab.report.staleness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="run or multirun directories")
     parser.add_argument("--png", type=Path, help="also write the figure here")
@@ -182,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     inputs = collect_inputs(args.paths)
     found = cells(inputs.runs)
     if not found:
-        print("trpo_lab.staleness: no completed runs in " + ", ".join(args.paths), file=sys.stderr)
+        print("trpo_lab.report.staleness: no completed runs in " + ", ".join(args.paths), file=sys.stderr)
         return 1
     print(table_markdown(found))
     if args.png:

@@ -1,0 +1,5 @@
+import sys
+
+from trpo_lab.report.page import main
+
+sys.exit(main())
