@@ -364,6 +364,20 @@ def table(env_id: str, results: list[dict], kinds: list[str]) -> str:
     return "\n".join(lines)
 
 
+# (run, against, number format, at least, what): the speed targets, as paired ratios (issue 13's).
+SPEED_TARGETS = (
+    ("trpo_lab", "sb3", ".2f", 3.0, ">= 3x sb3-contrib steps/s"),
+    ("trpo_lab", "raw", ".0%", 0.7, ">= 70% of raw env.step"),
+    ("trpo_lab-async", "trpo_lab", ".2f", 1.5, "async >= 1.5x single process"),
+    ("trpo_lab-async", "trpo_lab-subproc", ".2f", 1.15, "async >= 1.15x subproc"),
+)
+# Ratios printed with no target.
+SPEED_REPORTS = (
+    ("trpo_lab-subproc", "trpo_lab", ".2f", "subproc over single process"),
+    ("trpo_lab-async", "raw-parallel", ".0%", "async of the raw-parallel ceiling"),
+)
+
+
 def verdicts(results: list[dict]) -> list[str]:
     """Each target the runs at hand can judge: 'met' or 'NOT met', with the number.
 
@@ -384,27 +398,17 @@ def verdicts(results: list[dict]) -> list[str]:
         return median, f"{median:{spec}}{more}"
 
     out = []
-    if by.get("trpo_lab") and by.get("sb3"):
-        ratio, text = speed("trpo_lab", "sb3", ".2f")
-        out.append(f">= 3x sb3-contrib steps/s: {say(ratio >= 3)} ({text})")
-    if by.get("trpo_lab") and by.get("raw"):
-        frac, text = speed("trpo_lab", "raw", ".0%")
-        out.append(f">= 70% of raw env.step: {say(frac >= 0.7)} ({text})")
+    for kind, base, spec, least, what in SPEED_TARGETS:
+        if by.get(kind) and by.get(base):
+            ratio, text = speed(kind, base, spec)
+            out.append(f"{what}: {say(ratio >= least)} ({text})")
     ceiling = ""
     if by.get("raw-parallel") and by.get("raw"):
         # What two cores gave at the time with nothing shared: the ceiling of any two-process run.
         ceiling = f"; two independent raw processes: {speed('raw-parallel', 'raw', '.2f')[0]:.2f}x of one"
-    if by.get("trpo_lab-subproc") and by.get("trpo_lab"):
-        out.append(f"subproc over single process (no target): {speed('trpo_lab-subproc', 'trpo_lab', '.2f')[1]}"
-                   + ceiling)
-    if by.get("trpo_lab-async") and by.get("trpo_lab"):
-        ratio, text = speed("trpo_lab-async", "trpo_lab", ".2f")
-        out.append(f"async >= 1.5x single process: {say(ratio >= 1.5)} ({text})")
-    if by.get("trpo_lab-async") and by.get("trpo_lab-subproc"):
-        ratio, text = speed("trpo_lab-async", "trpo_lab-subproc", ".2f")
-        out.append(f"async >= 1.15x subproc: {say(ratio >= 1.15)} ({text})")
-    if by.get("trpo_lab-async") and by.get("raw-parallel"):
-        out.append(f"async of the raw-parallel ceiling (no target): {speed('trpo_lab-async', 'raw-parallel', '.0%')[1]}")
+    for kind, base, spec, what in SPEED_REPORTS:
+        if by.get(kind) and by.get(base):
+            out.append(f"{what} (no target): {speed(kind, base, spec)[1]}" + (ceiling if base == "trpo_lab" else ""))
     for kind in ("trpo_lab", "trpo_lab-subproc", "trpo_lab-async"):
         if by.get(kind):
             peak, steps = max(r["peak_rss_mib"] for r in by[kind]), by[kind][0]["steps"]

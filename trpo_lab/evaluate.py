@@ -29,7 +29,6 @@ from trpo_lab.checkpoint import LAST, NAMES, checkpoint_path, load_checkpoint
 from trpo_lab.config import Config, to_config
 from trpo_lab.envs import make_env
 from trpo_lab.loggers import write_json_atomic
-from trpo_lab.policies import NumpyActor
 from trpo_lab.trainer import Agent, build_agent, run_episode
 
 MAX_VIDEO_FRAMES = 1000
@@ -85,39 +84,11 @@ def load_agent(run_dir: Path, name: str = LAST) -> tuple[Config, Agent, dict[str
     return cfg, agent, checkpoint
 
 
-def stochastic_episode(env, actor: NumpyActor, obs_norm, seed: int, frames: Optional[list] = None) -> float:
-    """Return of one episode from env.reset(seed=seed) with actions sampled from the policy,
-    its randomness from numpy's Generator seeded `seed`; with `frames`, appends env.render()."""
-    import gymnasium as gym
-
-    rng = np.random.default_rng(seed)
-    box = isinstance(env.action_space, gym.spaces.Box)
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    if frames is not None:
-        frames.append(env.render())
-    while not done:
-        noise, _ = actor.noise(rng, 1, 1)
-        action = actor.sample(obs_norm(np.asarray(obs, dtype=np.float64)[None]), noise[0])[0][0]
-        if box:
-            action = np.clip(action, env.action_space.low, env.action_space.high)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        done = terminated or truncated
-        if frames is not None:
-            frames.append(env.render())
-    return total
-
-
-def _episode(stochastic: bool):
-    return stochastic_episode if stochastic else run_episode
-
-
 def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int, stochastic: bool = False) -> list[float]:
     env = make_env(cfg.env)
     actor = agent.policy.numpy_actor()
     try:
-        return [_episode(stochastic)(env, actor, agent.obs_norm, seed + ep) for ep in range(episodes)]
+        return [run_episode(env, actor, agent.obs_norm, seed + ep, stochastic=stochastic) for ep in range(episodes)]
     finally:
         env.close()
 
@@ -136,7 +107,7 @@ def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
         return None, f"no renderer available: the environment cannot render ({err})"
     frames: list = []
     try:
-        _episode(stochastic)(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames)
+        run_episode(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames, stochastic=stochastic)
     except Exception as err:
         gl = os.environ.get("MUJOCO_GL")
         return None, (f"no renderer available ({type(err).__name__}: {err}; MUJOCO_GL={gl}; "

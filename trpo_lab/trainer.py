@@ -109,16 +109,24 @@ def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
 
 
 def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
-                frames: Optional[list] = None) -> float:
-    """Return of one deterministic episode from env.reset(seed=seed); with `frames`,
-    appends env.render() after the reset and after every step."""
+                frames: Optional[list] = None, stochastic: bool = False) -> float:
+    """Return of one episode from env.reset(seed=seed): the deterministic policy (the Gaussian
+    mean, the most likely action), or with `stochastic` actions sampled from it, its randomness
+    from numpy's Generator seeded `seed`. With `frames`, appends env.render() after the reset
+    and after every step."""
     box = isinstance(env.action_space, gym.spaces.Box)
+    rng = np.random.default_rng(seed) if stochastic else None
     obs, _ = env.reset(seed=seed)
     total, done = 0.0, False
     if frames is not None:
         frames.append(env.render())
     while not done:
-        action = actor.deterministic(obs_norm(np.asarray(obs, dtype=np.float64)[None]))[0]
+        normalised = obs_norm(np.asarray(obs, dtype=np.float64)[None])
+        if stochastic:
+            noise, _ = actor.noise(rng, 1, 1)
+            action = actor.sample(normalised, noise[0])[0][0]
+        else:
+            action = actor.deterministic(normalised)[0]
         if box:
             action = np.clip(action, env.action_space.low, env.action_space.high)
         obs, reward, terminated, truncated, _ = env.step(action)
