@@ -3,7 +3,7 @@ import numpy as np
 
 import pytest
 
-from trpo_lab.envs import ObsNormalizer, RewardScaler, RunningMeanStd
+from trpo_lab.normalisation import ObsNormalizer, RewardScaler, RunningMeanStd
 
 
 def test_running_mean_std_matches_numpy_over_all_batches():

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import cli_env, read_jsonl, run_cli
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import make_vec_env
+from trpo_lab.vec_env import make_vec_env
 
 
 def _roll(venv, actions):

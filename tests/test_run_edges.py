@@ -24,7 +24,8 @@ from conftest import REPO, cli_env, read_jsonl, run_cli
 from trpo_lab import metrics as M
 from trpo_lab.__main__ import integral_floats
 from trpo_lab.config import EnvConfig, task_name
-from trpo_lab.envs import EnvError, ObsNormalizer, RunningMeanStd, make_env
+from trpo_lab.envs import EnvError, make_env
+from trpo_lab.normalisation import ObsNormalizer, RunningMeanStd
 
 
 def _with_test_envs() -> dict[str, str]:

@@ -146,7 +146,6 @@ def test_every_sampler_option_builds_and_samples(sampler):
     import optuna
     from omegaconf import OmegaConf
 
-    from conftest import REPO
     from trpo_lab.sweeper.core import TrpoOptunaSweeperImpl
 
     if sampler == "cmaes":

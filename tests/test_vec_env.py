@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import EnvError, SubprocVecEnv, SyncVecEnv, _worker_groups
+from trpo_lab.envs import EnvError
+from trpo_lab.vec_env import SubprocVecEnv, SyncVecEnv, _worker_groups
 
 
 def test_worker_groups_give_the_parent_the_first_share():

@@ -33,7 +33,8 @@ import torch
 
 from trpo_lab import workers
 from trpo_lab.collection import Rollout
-from trpo_lab.envs import EnvError, _EpisodeTracker, make_env
+from trpo_lab.envs import EnvError, make_env
+from trpo_lab.vec_env import _EpisodeTracker
 from trpo_lab.rollout_worker import (RESET_SEED, SLOTS, STOP, VERSION, PolicyLayout, SharedArrays,
                                      channel_spec, run, slot_spec)
 

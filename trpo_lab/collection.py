@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from trpo_lab.envs import SyncVecEnv, make_vec_env
+from trpo_lab.vec_env import SyncVecEnv, make_vec_env
 
 
 class DivergedError(RuntimeError):

@@ -6,7 +6,7 @@ returns) it holds everything else that decides the rest of the run:
 
     the numpy Generator that samples actions, the torch Generator that shuffles
     value minibatches, torch's global RNG, every environment's state mid-episode
-    (simulator, TimeLimit counter, the env's own RNG; see envs.get_env_state),
+    (simulator, TimeLimit counter, the env's own RNG; see env_state.get_env_state),
     the unfinished episodes' running returns, the observation to act on next,
     the window of finished episodes behind rollout/ep_return_mean, and the
     trainer's counters.

@@ -34,7 +34,8 @@ import numpy as np
 from trpo_lab import workers
 from trpo_lab.actor import NumpyActor
 from trpo_lab.config import EnvConfig
-from trpo_lab.envs import ObsNormalizer, make_env
+from trpo_lab.envs import make_env
+from trpo_lab.normalisation import ObsNormalizer
 
 SLOTS = 2
 # PolicyChannel header fields (int64).

@@ -24,7 +24,8 @@ from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import BEST, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
-from trpo_lab.envs import ObsNormalizer, RewardScaler, make_env
+from trpo_lab.envs import make_env
+from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import Policy, ValueNet, make_policy
 from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update

@@ -1,7 +1,8 @@
 """What the worker processes share: the start method and the wait on a semaphore.
 
-trpo_lab's worker processes (environment workers, `envs.SubprocVecEnv`; the
-critic-fit worker, `value_fit.FitWorker`) exchange arrays through shared memory
+trpo_lab's worker processes (environment workers, `vec_env.SubprocVecEnv`;
+rollout workers, `rollout_worker.py`; the critic-fit worker,
+`value_fit.FitWorker`) exchange arrays through shared memory
 and hand work back and forth with two semaphores per worker: the parent
 releases `go` once the inputs are written, the worker releases `done` once
 the outputs are. Both sides wait by polling their semaphore for a while (`Waiter`)
