@@ -21,17 +21,18 @@ def test_blas_threads_are_limited_inside_and_restored_after():
 
 def test_a_run_limits_blas_threads_while_it_trains(tmp_path, monkeypatch):
     """OpenBLAS defaults to a thread per core; during a run numpy uses trainer.threads, after it the default again."""
+    import trpo_lab.collection as collection
     import trpo_lab.trainer as trainer
     from trpo_lab.config import Config, EnvConfig
 
     seen = {}
-    real_collect = trainer.collect
+    real_collect = collection.collect
 
     def spy(venv, *args):
         seen["trainer"] = _blas_threads()
         return real_collect(venv, *args)
 
-    monkeypatch.setattr(trainer, "collect", spy)
+    monkeypatch.setattr(collection, "collect", spy)
     cfg = Config(env=EnvConfig(id="CartPole-v1"))
     cfg.trainer.total_steps = cfg.trainer.steps_per_iter = 256
     cfg.trainer.n_envs, cfg.trainer.vec_env, cfg.trainer.threads = 2, "subproc", 1
