@@ -40,7 +40,7 @@ from typing import Any, Iterator
 
 import torch
 
-from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.checkpoint import checkpoint_path, has_checkpoint, load_checkpoint
 from trpo_lab.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,19 +58,27 @@ class RunDirInUse(OSError):
     """Another live process is training in the run directory."""
 
 
-@contextmanager
-def claim(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` (created if need be) for this process while the block runs.
+_HELD: dict[Path, int] = {}  # run directories this process holds: resolved path -> the locked descriptor
+
+
+def hold(run_dir: Path) -> None:
+    """Lock `run_dir` (created if need be) for this process, until it exits or `release(run_dir)`.
 
     An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
     The kernel drops it when its process exits, killed or not, so a dead run
     never leaves the directory locked. Raises RunDirInUse while another
     process holds it. On a file system that has no locks the run goes on
     unguarded, with a warning. (Worker processes start from the forkserver, so none
-    of them inherits the lock.)
+    of them inherits the lock.) Holding a directory this process already holds does nothing.
+
+    The command line takes the lock before Hydra writes the run's `.hydra/`
+    (app.OutputDirCheck), so a refused run changes nothing in the directory.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _HELD:
+        return
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,9 +93,30 @@ def claim(run_dir: Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = fd
+
+
+def release(run_dir: Path) -> None:
+    """Give up the lock `hold` took on `run_dir` (nothing if this process does not hold it)."""
+    fd = _HELD.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process while the block runs (see `hold`). A directory the
+    process held already (the command line's early lock) stays held after the block."""
+    already = Path(run_dir).resolve() in _HELD if Path(run_dir).exists() else False
+    hold(run_dir)
+    try:
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if not already:
+            release(run_dir)
 
 
 def resumes_from_path(mode: str | None) -> bool:
@@ -119,12 +148,12 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
     if mode in (None, NEVER):
         return cfg, run_dir, None
     if mode == AUTO:
-        if not checkpoint_path(run_dir).is_file():
+        if not has_checkpoint(run_dir):
             return cfg, run_dir, None
         source = Path(run_dir)
     else:
         source = Path(mode).expanduser()
-        if not checkpoint_path(source).is_file():
+        if not has_checkpoint(source):
             raise ConfigError(f"trainer.resume={mode!r} is invalid: no checkpoint at {checkpoint_path(source)}")
     checkpoint = load_checkpoint(source)
     if "training" not in checkpoint:
@@ -203,10 +232,12 @@ def truncate_metrics(run_dir: Path, last_iteration: int) -> int:
     if not path.is_file():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            log.warning("%s line %d is not a JSON row (a write cut short, or the file was edited); dropped it",
+                        path, number)
             dropped += 1
             continue
         if isinstance(row, dict) and row.get("iteration", 0) <= last_iteration:
