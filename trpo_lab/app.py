@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from trpo_lab import resume
 from trpo_lab.checkpoint import CheckpointError, checkpoint_path, has_checkpoint
 from trpo_lab.config import ConfigError, to_config, validate
-from trpo_lab.envs import EnvError
+from trpo_lab.envs import EnvError, raised_by_env
 from trpo_lab.loggers import failed_summary, write_json_atomic
 from trpo_lab.resume import RunDirInUse
 from trpo_lab.trainer import DivergedError, train
@@ -167,6 +167,15 @@ def run(dict_cfg: DictConfig) -> float:
         if multirun:
             raise
         _fail(f"interrupted; outputs in {run_dir}{_resume_hint(run_dir)}", 130)
+    except Exception as err:  # the environment's own code raised (envs.CheckedEnv marks it): one line
+        call = raised_by_env(err)
+        if call is None:
+            raise
+        message = f"env.id={env_id!r} raised inside {call}: {type(err).__name__}: {err}"
+        _record_failure(run_dir, env_id, err, started)
+        if multirun:
+            raise EnvError(message) from err
+        _fail(f"failed: {' '.join(message.split())}; outputs in {run_dir}", 1)
     if reporter is not None:
         from trpo_lab.sweep_check import summary_values
 

@@ -38,11 +38,22 @@ def make_env(cfg: EnvConfig) -> gym.Env:
     return CheckedEnv(env, cfg.id)
 
 
+# An exception raised inside an environment's reset or step carries this attribute ("reset" or
+# "step"), so that the command line reports it in one line (app.py) rather than as a trpo_lab bug.
+ENV_CALL = "trpo_lab_env_call"
+
+
+def raised_by_env(err: BaseException) -> str | None:
+    """"reset" or "step" when `err` was raised inside an environment's own code; else None."""
+    return getattr(err, ENV_CALL, None)
+
+
 class CheckedEnv(gym.Wrapper):
-    """Turns what an environment does wrong at run time into one EnvError naming it: an
-    exception raised inside `reset` or `step`, or an observation whose shape is not the
-    one its observation_space declares (a scalar where a vector belongs, say), which
-    would otherwise surface as a numpy broadcasting traceback deep in the rollout."""
+    """Says plainly what an environment does wrong at run time: an observation whose shape is
+    not the one its observation_space declares (a scalar where a vector belongs, say) is an
+    EnvError naming it, instead of a numpy broadcasting traceback deep in the rollout; an
+    exception raised inside `reset` or `step` goes on unchanged (a worker process reports it
+    as it is), marked with ENV_CALL."""
 
     def __init__(self, env: gym.Env, env_id: str):
         super().__init__(env)
@@ -61,12 +72,14 @@ class CheckedEnv(gym.Wrapper):
         try:
             obs, info = self.env.reset(**kwargs)
         except Exception as err:
-            raise EnvError(f"env.id={self.env_id!r} raised inside reset: {type(err).__name__}: {err}") from err
+            setattr(err, ENV_CALL, "reset")
+            raise
         return self._checked(obs, "reset"), info
 
     def step(self, action):
         try:
             obs, reward, terminated, truncated, info = self.env.step(action)
         except Exception as err:
-            raise EnvError(f"env.id={self.env_id!r} raised inside step: {type(err).__name__}: {err}") from err
+            setattr(err, ENV_CALL, "step")
+            raise
         return self._checked(obs, "step"), reward, terminated, truncated, info
