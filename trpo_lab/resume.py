@@ -58,27 +58,14 @@ class RunDirInUse(OSError):
     """Another live process is training in the run directory."""
 
 
-_HELD: dict[Path, int] = {}  # run directories this process holds: resolved path -> the locked descriptor
+_HELD: dict[Path, int] = {}  # run directories locked ahead by `hold`: resolved path -> the locked descriptor
+_CLAIMED: set[Path] = set()  # those of them a run is using now (in `claim`)
 
 
-def hold(run_dir: Path) -> None:
-    """Lock `run_dir` (created if need be) for this process, until it exits or `release(run_dir)`.
-
-    An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
-    The kernel drops it when its process exits, killed or not, so a dead run
-    never leaves the directory locked. Raises RunDirInUse while another
-    process holds it. On a file system that has no locks the run goes on
-    unguarded, with a warning. (Worker processes start from the forkserver, so none
-    of them inherits the lock.) Holding a directory this process already holds does nothing.
-
-    The command line takes the lock before Hydra writes the run's `.hydra/`
-    (app.OutputDirCheck), so a refused run changes nothing in the directory.
-    """
+def _lock(run_dir: Path) -> int:
+    """Create `run_dir` if need be and take the exclusive flock on run_dir/.trpo_lab.lock; its descriptor."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    key = run_dir.resolve()
-    if key in _HELD:
-        return
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,27 +83,49 @@ def hold(run_dir: Path) -> None:
     except BaseException:
         os.close(fd)
         raise
-    _HELD[key] = fd
+    return fd
 
 
-def release(run_dir: Path) -> None:
-    """Give up the lock `hold` took on `run_dir` (nothing if this process does not hold it)."""
-    fd = _HELD.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)  # releases the lock
+def hold(run_dir: Path) -> None:
+    """Lock `run_dir` now, for the run this process is about to start there (`claim` takes it over).
+
+    The command line calls this before Hydra writes the run's `.hydra/` (app.OutputDirCheck),
+    so a run refused by the lock changes nothing in the directory. The lock lasts until the
+    process exits. Raises RunDirInUse as `claim` does; holding a directory twice does nothing.
+    """
+    if Path(run_dir).resolve() in _HELD:
+        return
+    fd = _lock(run_dir)
+    _HELD[Path(run_dir).resolve()] = fd
 
 
 @contextmanager
 def claim(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` for this process while the block runs (see `hold`). A directory the
-    process held already (the command line's early lock) stays held after the block."""
-    already = Path(run_dir).resolve() in _HELD if Path(run_dir).exists() else False
-    hold(run_dir)
+    """Hold `run_dir` (created if need be) for this process while the block runs.
+
+    An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
+    The kernel drops it when its process exits, killed or not, so a dead run
+    never leaves the directory locked. Raises RunDirInUse while another
+    run holds it, in another process or in this one. On a file system that has no locks the run
+    goes on unguarded, with a warning. (Worker processes start from the forkserver, so none
+    of them inherits the lock.) A directory locked ahead by `hold` is taken over, and stays locked.
+    """
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        if key in _CLAIMED:
+            raise RunDirInUse(f"{run_dir} is in use by another trpo_lab run (pid {os.getpid()}); wait for it "
+                              "to end, or give this one another hydra.run.dir")
+        _CLAIMED.add(key)
+        try:
+            yield
+        finally:
+            _CLAIMED.discard(key)
+        return
+    fd = _lock(run_dir)
     try:
         yield
     finally:
-        if not already:
-            release(run_dir)
+        os.close(fd)  # releases the lock
 
 
 def resumes_from_path(mode: str | None) -> bool:
