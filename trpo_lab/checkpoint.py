@@ -160,7 +160,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def _why(err: BaseException) -> str:
     """The first line of a load error (torch's weights_only refusals run to a page)."""
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")[:300]
+    first = text[0].split(". ")[0] if text else ""
+    return f"{type(err).__name__}: {first}".rstrip(": ")[:300]
 
 
 def load_checkpoint(run_dir: Path, name: str = LAST) -> dict[str, Any]:
