@@ -27,6 +27,12 @@ When a run resumes (`trainer.resume`):
 One run at a time writes in a run directory (`claim`): the same command
 started twice with a fixed hydra.run.dir (a job requeued while the first is
 still running) would otherwise interleave two runs' metrics and checkpoints.
+The command line takes that lock (`hold`) before Hydra writes `.hydra/`, so a
+refused run leaves the live run's record as it was.
+
+A checkpoint that does not load (checkpoint.py) falls back to the one before it
+with a warning, or ends the run in one line naming the file. A garbled row of
+metrics.jsonl is dropped on resume with a warning naming its line.
 """
 from __future__ import annotations
 
@@ -55,7 +61,7 @@ LOCK_FILE = ".trpo_lab.lock"
 
 
 class RunDirInUse(OSError):
-    """Another live process is training in the run directory."""
+    """Another live run (in another process, or in this one) is training in the run directory."""
 
 
 _HELD: dict[Path, int] = {}  # run directories locked ahead by `hold`: resolved path -> the locked descriptor

@@ -187,10 +187,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     T, N = steps_per_env(tc), tc.n_envs
     iteration, env_steps = 0, 0
     train_time, eval_return, eval_std, best_eval, wall_before = 0.0, float("nan"), float("nan"), float("-inf"), 0.0
-    collector = agent = logger = None
-    episodes: Any = ()
-    start = time.perf_counter()
-    status, error = "failed", None
+    collector = agent = None
     try:  # everything from here on ends in summary.json, failures before the first iteration included
         collector = make_collector(cfg, T, N)
         agent = build_agent(cfg, collector.observation_space, collector.action_space)
@@ -211,6 +208,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
         _end_before_training(run_dir, cfg.env.id, err, collector, agent)
         raise
 
+    status, error = "failed", None
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
     try:
