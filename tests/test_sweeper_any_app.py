@@ -356,3 +356,67 @@ def test_seeds_per_trial_needs_a_seed_key_and_directions_read_the_plugins_enum()
         TrpoOptunaSweeperImpl(seeds_per_trial=2)._check_settings()
     Direction = enum.Enum("Direction", "minimize maximize")  # the plugin's structured configs use one
     assert TrpoOptunaSweeperImpl(direction=[Direction.maximize, "minimize"]).directions == ["maximize", "minimize"]
+
+
+SLOW_APP = '''
+import os, time
+from pathlib import Path
+
+import hydra
+from trpo_lab.sweeper.job import current_trial
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def slow(cfg):
+    trial = current_trial()
+    Path(cfg.pids, str(os.getpid())).write_text(str(trial.number))
+    time.sleep(120)  # a long training run
+    return cfg.x
+
+slow()
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_jobs_stop_within_seconds_when_their_sweeper_is_killed(tmp_path, sig):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    app = write_app(tmp_path, SLOW_APP, f'''
+        defaults:
+          - override hydra/sweeper: trpo_optuna
+          - override hydra/launcher: joblib
+        hydra:
+          launcher: {{n_jobs: 2}}
+          sweeper:
+            study_name: slow
+            n_trials: 4
+            params:
+              x: interval(0, 1)
+        x: 0.5
+        pids: {pids}
+    ''')
+    sweeper = subprocess.Popen([sys.executable, str(app), "-m", f"hydra.sweep.dir={tmp_path / 's'}"],
+                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(list(pids.iterdir())) < 2:
+            time.sleep(0.3)
+        jobs = [int(p.name) for p in pids.iterdir()]
+        assert len(jobs) == 2 and sweeper.pid not in jobs, "the jobs did not start in their own processes"
+        os.kill(sweeper.pid, sig)
+        sweeper.wait(timeout=30)
+        deadline = time.time() + 30  # a generous bound: the jobs look at their sweeper every second
+        while time.time() < deadline and not all(_gone(j) for j in jobs):
+            time.sleep(0.3)
+        assert all(_gone(j) for j in jobs), "the jobs kept running after their sweeper died"
+    finally:
+        os.killpg(sweeper.pid, signal.SIGKILL)
+        sweeper.wait()

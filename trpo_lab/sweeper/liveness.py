@@ -34,7 +34,7 @@ from typing import Iterator, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX, FlockLock
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX, FlockLock, TrialStore
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def stale_reason(t: FrozenTrial, grace_period: float, me: str, now: Optional[flo
 class Heartbeat:
     """A daemon thread stamping `heartbeat` on the trials this sweeper has open."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, interval: float):
-        self.storage, self.interval = storage, float(interval)
+    def __init__(self, store: TrialStore, interval: float):
+        self.store, self.interval = store, float(interval)
         self._ids: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -133,7 +133,7 @@ class Heartbeat:
                 ids = list(self._ids)
             for tid in ids:
                 try:
-                    self.storage.set_trial_user_attr(tid, HEARTBEAT, time.time())
+                    self.store.set_attr(tid, HEARTBEAT, time.time())
                 except optuna.exceptions.UpdateFinishedTrialError:
                     self.remove(tid)
                 except Exception as err:  # a storage hiccup must not end the heartbeat
