@@ -384,7 +384,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_jobs_stop_within_seconds_when_their_sweeper_is_killed(tmp_path, sig):
     pids = tmp_path / "pids"
     pids.mkdir()
