@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import cli_env
-from trpo_lab.sweeper.storage import default_storage_url, open_storage
+from trpo_lab.sweeper.storage import TrialStore, default_storage_url, open_storage
 
 SPHERE = '''
 import hydra
@@ -420,3 +421,50 @@ def test_jobs_stop_within_seconds_when_their_sweeper_is_killed(tmp_path, sig):
     finally:
         os.killpg(sweeper.pid, signal.SIGKILL)
         sweeper.wait()
+
+
+RECORDING_APP = '''
+import hydra
+from trpo_lab.sweeper.job import current_trial
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def recording(cfg):
+    current_trial().record({"v": cfg.x})
+
+recording()
+'''
+
+
+def test_a_seed_finished_before_its_sweeper_died_is_kept_by_the_retry(tmp_path):
+    # Trial 0 was left RUNNING by a sweeper of this host that is gone, after its job had
+    # recorded its value (42, not the x the app would record): the rerun keeps that value.
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    url = default_storage_url(sweep_dir)
+    study = optuna.create_study(study_name="rec", storage=open_storage(url))
+    left = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    store = TrialStore(open_storage(url), "rec")
+    tid = store.trial_id(left.number)
+    store.set_attr(tid, "owner", f"{socket.gethostname()}:999999999:1")  # no such process
+    store.set_attr(tid, "job_seed0", 0)
+    store.set_attr(tid, "seed0", {"v": 42.0})
+    app = write_app(tmp_path, RECORDING_APP, '''
+        defaults:
+          - override hydra/sweeper: trpo_optuna
+        hydra:
+          sweeper:
+            study_name: rec
+            n_trials: 2
+            objectives: [v]
+            params:
+              x: interval(0, 1)
+        x: 0.5
+    ''')
+    r = run_app(app, f"hydra.sweep.dir={sweep_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = study_of(sweep_dir, "rec").trials
+    assert trials[0].state == TrialState.FAIL and "no longer running" in trials[0].user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.value == 42.0 and retry.params == trials[0].params
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    assert not (sweep_dir / "0" / ".hydra").exists(), "the finished seed ran again"
