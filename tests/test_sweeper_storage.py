@@ -21,11 +21,12 @@ from optuna.storages.journal import JournalFileBackend
 from conftest import cli_env
 from test_sweeper_any_app import SPHERE, SPHERE_CONF, run_app, write_app
 from trpo_lab.report.discovery import collect_inputs
-from trpo_lab.sweeper.storage import JournalCorrupt, default_storage_url, open_storage
+from trpo_lab.sweeper.journal import JournalCorrupt
+from trpo_lab.sweeper.storage import default_storage_url, open_storage
 
 HOLD = """
 import sys, time
-from trpo_lab.sweeper.storage import FlockLock
+from trpo_lab.sweeper.journal import FlockLock
 lock = FlockLock(sys.argv[1] + ".flock")
 lock.acquire()
 print("held", flush=True)

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX, repair_journal
+from trpo_lab.sweeper.journal import repair_journal
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX
 
 
 def main(argv: Sequence[str]) -> int:

@@ -58,6 +58,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
 from trpo_lab.sweeper.job import PRUNE_REQUESTED, PRUNER_ATTR, PrunerError, job_env, pruner_spec, seed_attr
+from trpo_lab.sweeper.journal import JournalCorrupt
 from trpo_lab.sweeper.liveness import HEARTBEAT, OWNER, BudgetLock, Heartbeat, owner_id, stale_reason
 from trpo_lab.sweeper.results import counts_toward_budget, value_names, write_results
 from trpo_lab.sweeper.search_space import SearchSpace, override_value, parse_search_space
@@ -185,11 +186,11 @@ class TrpoOptunaSweeperImpl:
                 self._fail_stale(study)
             self.heartbeat = Heartbeat(TrialStore(open_storage(storage_url), self.study_name),
                                        self.heartbeat_interval).start()
-        except StorageError as err:
+        except (StorageError, JournalCorrupt) as err:
             raise SweepError(str(err)) from None
         try:
             return self._run(study, storage_url, space, base_args, sweep_dir)
-        except StorageError as err:
+        except (StorageError, JournalCorrupt) as err:
             raise SweepError(str(err)) from None
         finally:
             self.heartbeat.stop()

@@ -15,7 +15,7 @@ older version of the sweeper, or by a sweeper killed between ask and stamp).
 
 The budget lock serialises "count the study's trials, ask one more if there is
 room" between sweepers, so `n_trials` is exact however many run at once: a file
-lock next to the journal (storage.FlockLock: never stale after kill -9), an advisory lock
+lock next to the journal (journal.FlockLock: never stale after kill -9), an advisory lock
 in PostgreSQL (`pg_advisory_lock`) or MySQL (`GET_LOCK`), a file lock next to an
 SQLite file.
 """
@@ -34,7 +34,8 @@ from typing import Iterator, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX, FlockLock, TrialStore
+from trpo_lab.sweeper.journal import FlockLock
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX, TrialStore
 
 log = logging.getLogger(__name__)
 
