@@ -3,7 +3,8 @@
 It keeps a copy of the original (`JOURNAL.bak-<time>`), drops every line that
 is not a journal record (a torn write, a garbled line), and says what it did.
 A dropped line loses what that line recorded (a trial's value, say); the
-study's later lines stay.
+study's later lines stay. Run it while no sweeper or job has the study open:
+they keep their place in the file by byte offset.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@
 The sweeper tells each job its trial through the environment variable
 TRPO_OPTUNA_TRIAL, set per job with `hydra.job.env_set` (so the app's config
 needs no key for it, and every launcher passes it on): storage URL (password
-masked, storage.py), study name, trial number and id, seed index, seeds per
+masked, secrets.py), study name, trial number and id, seed index, seeds per
 trial and the sweeper's owner id, as JSON. The job reopens that trial in the
 storage, so reports and pruning decisions work across processes and machines.
 
@@ -95,7 +95,7 @@ def pruner_spec(cfg: Any) -> dict[str, Any]:
     else:
         name, settings = cfg.get("name"), cfg.get("settings") or {}
         target = str(name)
-    if name not in PRUNERS:
+    if not isinstance(name, str) or name not in PRUNERS:
         raise PrunerError(f"pruner {target!r} is not one trpo_optuna builds; allowed: "
                           f"{', '.join('optuna.pruners.' + n for n in PRUNERS)}")
     if not isinstance(settings, Mapping):
@@ -127,7 +127,7 @@ def job_env(storage: str, study: str, number: int, trial_id: int, seed_index: in
             sweeper: Optional[str] = None) -> dict[str, str]:
     """The environment variable the sweeper sets for one job (read back by current_trial).
 
-    `storage` is written into the job's .hydra files: pass it masked (storage.mask_url).
+    `storage` is written into the job's .hydra files: pass it masked (secrets.mask_url).
     """
     return {ENV: json.dumps(dict(zip(FIELDS, (storage, study, number, trial_id, seed_index, seeds, sweeper))))}
 
