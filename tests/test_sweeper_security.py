@@ -160,3 +160,15 @@ def test_the_password_reaches_jobs_but_no_file_log_or_report(pg_secret_url, tmp_
             optuna.delete_study(study_name=study_name, storage=storage)
         except KeyError:
             pass
+
+
+def test_a_wrong_password_to_a_live_server_is_one_line_too(pg_secret_url, tmp_path):
+    url, secret = pg_secret_url
+    wrong = "Wr0ng-" + secret[::-1]
+    app = write_app(tmp_path, SPHERE, SPHERE_CONF)
+    r = run_app(app, f"hydra.sweep.dir={tmp_path / 's'}",
+                "hydra.sweeper.storage='{}'".format(url.replace(f":{secret}@", f":{wrong}@")), timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert wrong not in r.stdout + r.stderr and secret not in r.stdout + r.stderr
+    (line,) = [x for x in r.stderr.splitlines() if x.strip()]
+    assert line.startswith("trpo_optuna: error: cannot open the study storage ") and ":***@" in line
