@@ -116,7 +116,8 @@ class CheckedJournalFile(BaseJournalBackend):
         self._offsets: dict[int, int] = {0: 0}  # line number -> byte offset, for reading on from there
 
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
-        start = max(n for n in self._offsets if n <= log_number_from)
+        start = log_number_from if log_number_from in self._offsets else max(
+            n for n in self._offsets if n <= log_number_from)  # JournalStorage reads on from what it read
         with open(self.path, "rb") as f:
             f.seek(self._offsets[start])
             offset = self._offsets[start]
