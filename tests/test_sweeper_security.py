@@ -172,3 +172,14 @@ def test_a_wrong_password_to_a_live_server_is_one_line_too(pg_secret_url, tmp_pa
     assert wrong not in r.stdout + r.stderr and secret not in r.stdout + r.stderr
     (line,) = [x for x in r.stderr.splitlines() if x.strip()]
     assert line.startswith("trpo_optuna: error: cannot open the study storage ") and ":***@" in line
+
+
+def test_the_budget_lock_on_an_unreachable_database_fails_in_one_masked_line():
+    from trpo_lab.sweeper.liveness import BudgetLock
+
+    lock = BudgetLock("postgresql+psycopg2://someone:Budget-Secret-77@127.0.0.1:1/nodb", "s")
+    with pytest.raises(StorageError) as err:
+        with lock():
+            pass
+    assert "Budget-Secret-77" not in str(err.value) and "someone:***@127.0.0.1:1/nodb" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -35,7 +35,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from trpo_lab.sweeper.journal import FlockLock
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX, TrialStore
+from trpo_lab.sweeper.secrets import mask_text, mask_url
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX, StorageError, TrialStore
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,13 @@ class BudgetLock:
             self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
         pg = self.url.startswith("postgresql")
         key = _lock_key(self.study_name)
-        with self._engine.connect() as conn:  # the lock dies with the connection if this process does
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as err:  # the server went away since the study was opened
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise StorageError(mask_text(f"the budget lock cannot reach {mask_url(self.url)}: "
+                                         f"{type(err).__name__}: {first}", self.url)) from None
+        with conn:  # the lock dies with the connection if this process does
             if pg:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             else:
