@@ -206,8 +206,8 @@ class UpdateStats:
 class Batch:
     """What one update learns from; B samples, flattened over steps and environments.
 
-    obs [B, obs_dim] (normalised, as the behaviour policy saw them), actions
-    [B, act_dim] (or [B] for discrete), behaviour_logp and advantages [B].
+    obs [B, obs_dim] (normalised, as the behaviour policy saw them; images flat), actions
+    [B, act_dim] (Box; int64 [B] Discrete, [B, k] MultiDiscrete and MultiBinary), behaviour_logp and advantages [B].
     behaviour_dist: beta's distribution parameters at obs (as `Policy.dist_params`
     gives them), or None when beta is pi_old itself.
     """
@@ -217,6 +217,12 @@ class Batch:
     behaviour_logp: torch.Tensor
     advantages: torch.Tensor
     behaviour_dist: Optional[tuple[torch.Tensor, ...]] = None
+
+    def to(self, device) -> "Batch":
+        """This batch on `device` (itself when it is there already: the CPU runs copy nothing)."""
+        move = lambda t: t.to(device)  # noqa: E731
+        dist = None if self.behaviour_dist is None else tuple(map(move, self.behaviour_dist))
+        return Batch(move(self.obs), move(self.actions), move(self.behaviour_logp), move(self.advantages), dist)
 
 
 def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateStats:
@@ -242,7 +248,8 @@ def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateSta
         return surrogate(policy, obs, actions, denominator, batch.advantages, weights)
 
     surr = objective()
-    grad = parameters_to_vector(torch.autograd.grad(surr, params)).detach()
+    # (reshape, not parameters_to_vector's view: a convolution's gradient may come non-contiguous)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surr, params)]).detach()
     surrogate_before = float(surr.detach())
 
     fvp = fisher_vector_product(policy, obs, settings.cg_damping)
