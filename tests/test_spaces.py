@@ -311,3 +311,33 @@ def test_multidiscrete_run_stopped_and_resumed_equals_uninterrupted(tmp_path):
     rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / d / "metrics.jsonl")]
             for d in ("straight", "stopped")]
     assert rows[0] == rows[1]
+
+
+
+def test_pong_smoke_through_the_real_emulator(tmp_path):
+    """Three iterations of env=pong network=nature_cnn as the YAML composes them: ALE/Pong-v5,
+    AtariPreprocessing, 4 stacked 84x84 frames, the Nature CNN; then its checkpoint evaluates."""
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    from test_config import _compose
+
+    from trpo_lab.config import to_config
+    from trpo_lab.evaluate import episode_returns, load_agent
+    from trpo_lab.trainer import train
+
+    cfg = to_config(_compose("env=pong", "network=nature_cnn", "logger=none", "trainer.total_steps=192",
+                             "trainer.steps_per_iter=64", "trainer.eval_episodes=1", "trainer.progress=false",
+                             "env.max_episode_steps=200", "trpo.value_epochs=1"))
+    start = time.perf_counter()
+    summary = train(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["iterations"] == 3
+    assert np.isfinite(summary["eval_return"])
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert all(np.isfinite(r[M.KL]) for r in rows)
+    env = make_env(cfg.env)
+    assert env.observation_space.shape == (4, 84, 84) and env.observation_space.dtype == np.uint8
+    env.close()
+    run_cfg, agent, _ = load_agent(tmp_path)
+    assert type(agent.policy.net).__name__ == "NatureCNN" and not agent.obs_norm.enabled
+    assert len(episode_returns(run_cfg, agent, 1, seed=5)) == 1
+    assert time.perf_counter() - start < 60
