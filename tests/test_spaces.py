@@ -248,7 +248,7 @@ def test_cuda_asked_for_without_cuda_is_one_line_naming_the_key(monkeypatch):
 def test_nature_cnn_on_vector_observations_is_refused(tmp_path):
     from trpo_lab.trainer import train
 
-    with pytest.raises(ValueError, match="network.type=nature_cnn needs image observations"):
+    with pytest.raises(EnvError, match="network.type=nature_cnn needs image observations"):
         train(_cfg("CartPole-v1", 512, network=NetworkConfig(type="nature_cnn")), tmp_path)
 
 

@@ -101,13 +101,13 @@ def make_env(cfg: EnvConfig, training: bool = True) -> gym.Env:
     if not (isinstance(space, gym.spaces.Box) and (len(space.shape) == 1 or is_image_space(space))):
         env.close()
         if isinstance(space, gym.spaces.Box) and len(space.shape) >= 2:
-            kind = f"image-shaped observations {space} that are not uint8 images (H x W, H x W x C or C x H x W)"
+            kind = f"image observations {space} that are not uint8 (H x W, H x W x C or C x H x W) images"
         elif isinstance(space, gym.spaces.Tuple):
             kind = f"a Tuple observation space {space} (Tuple spaces are not supported; a Dict is)"
         else:
             kind = f"observation space {space}"
-        raise EnvError(f"env.id={cfg.id!r} has {kind}; trpo_lab takes a vector Box, a uint8 image or a Dict "
-                       "of vectors")
+        raise EnvError(f"env.id={cfg.id!r} has {kind}; trpo_lab takes a vector (a one-dimensional Box), "
+                       "a uint8 image or a Dict of vectors")
     problem = _action_problem(env.action_space)
     if problem:
         env.close()

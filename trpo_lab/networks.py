@@ -60,7 +60,9 @@ class NatureCNN(nn.Module):
         for kernel, stride in ((8, 4), (4, 2), (3, 1)):
             h, w = conv_out_size(h, kernel, stride), conv_out_size(w, kernel, stride)
             if h < 1 or w < 1:
-                raise ValueError(f"image observations of shape {tuple(obs_shape)} are too small for "
+                from trpo_lab.envs import EnvError  # (envs imports this module)
+
+                raise EnvError(f"image observations of shape {tuple(obs_shape)} are too small for "
                                  "network=nature_cnn (it needs at least 36 x 36 pixels)")
         self.conv = nn.Sequential(
             nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
@@ -96,7 +98,9 @@ def network_kind(name: str, observation_space: gym.Space) -> str:
     if name == "auto":
         return "nature_cnn" if is_image_space(observation_space) else "mlp"
     if name == "nature_cnn" and not is_image_space(observation_space):
-        raise ValueError(f"network.type=nature_cnn needs image observations (a uint8 Box of H x W, H x W x C "
+        from trpo_lab.envs import EnvError  # (envs imports this module)
+
+        raise EnvError(f"network.type=nature_cnn needs image observations (a uint8 Box of H x W, H x W x C "
                          f"or C x H x W); this env's are {observation_space}")
     return name
 
