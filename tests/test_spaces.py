@@ -259,6 +259,14 @@ def test_async_collection_refuses_what_its_numpy_workers_cannot_act(tmp_path):
         train(_cfg("toy_envs:ToyMultiDiscrete-v0", 512, collection="async"), tmp_path)
 
 
+@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
+def test_subproc_vec_env_refuses_images_and_multi_actions(env_id, tmp_path):
+    from trpo_lab.trainer import train
+
+    with pytest.raises(EnvError, match="trainer.vec_env=subproc takes vector observations"):
+        train(_cfg(env_id, 512, vec_env="subproc"), tmp_path)
+
+
 # Returns per 10-step episode: (random policy's mean, threshold, best possible).
 LEARNING = {
     "toy_envs:ToyMultiDiscrete-v0": (6.7, 15.0, 20.0),
