@@ -300,11 +300,13 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
     assert time.perf_counter() - start < 120
 
 
-def test_multidiscrete_run_stopped_and_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiDiscrete-v0", "toy_envs:ToyPixel-v0"])
+def test_run_stopped_and_resumed_equals_uninterrupted(env_id, tmp_path):
+    """Exact resume through the torch paths: TorchActor's noise, the CNN critic's Adam state."""
     from trpo_lab.trainer import train
 
     def cfg(resume="auto"):
-        c = _cfg("toy_envs:ToyMultiDiscrete-v0", 512 * 4, eval_every=1, eval_episodes=1, checkpoint_every=1,
+        c = _cfg(env_id, 256 * 4, steps_per_iter=256, eval_every=1, eval_episodes=1, checkpoint_every=1,
                  resume=resume)
         c.trpo.value_epochs = 2
         return c
