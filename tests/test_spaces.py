@@ -300,6 +300,18 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
     assert time.perf_counter() - start < 120
 
 
+@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
+def test_policy_lag_with_torch_actors_corrects_for_a_stale_behaviour_policy(env_id, tmp_path):
+    from trpo_lab.trainer import train
+
+    cfg = _cfg(env_id, 256 * 3, steps_per_iter=256, policy_lag=1)
+    cfg.trpo.value_epochs = 1
+    assert train(cfg, tmp_path)["status"] == "completed"
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert rows[0][M.BEHAVIOUR_KL] == 0.0 and rows[2][M.POLICY_LAG_MAX] == 1
+    assert rows[2][M.BEHAVIOUR_KL] > 0.0 and rows[2][M.IS_ESS] < 1.0
+
+
 @pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiDiscrete-v0", "toy_envs:ToyPixel-v0"])
 def test_run_stopped_and_resumed_equals_uninterrupted(env_id, tmp_path):
     """Exact resume through the torch paths: TorchActor's noise, the CNN critic's Adam state."""
