@@ -179,6 +179,24 @@ def test_torch_actor_log_probs_are_the_policy_s(dist):
     assert actor.deterministic(obs).shape[0] == 5
 
 
+@pytest.mark.parametrize("dist", ["gaussian", "categorical"])
+def test_torch_actor_draws_what_the_numpy_actor_draws(dist):
+    """Same seed, same actions: the two acting paths differ only in float rounding."""
+    from trpo_lab.torch_actor import TorchActor
+
+    policy, obs_dim = _policy(dist, "mlp")
+    obs = np.random.default_rng(1).standard_normal((4, obs_dim))
+    fast, slow = policy.numpy_actor(), TorchActor(policy)
+    noise_f, logp_f = fast.noise(np.random.default_rng(7), 3, 4)
+    noise_s, _ = slow.noise(np.random.default_rng(7), 3, 4)
+    for t in range(3):
+        a_f, step_logp = fast.sample(obs, noise_f[t])
+        a_s, logp_s = slow.sample(obs, noise_s[t])
+        np.testing.assert_allclose(a_s, a_f, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(logp_s, logp_f[t] if step_logp is None else step_logp, rtol=1e-10)
+    np.testing.assert_allclose(slow.deterministic(obs), fast.deterministic(obs), rtol=1e-10)
+
+
 def test_image_layouts():
     assert image_layout((84, 84)) == ((1, 84, 84), False)
     assert image_layout((4, 84, 84)) == ((4, 84, 84), False)

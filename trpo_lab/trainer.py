@@ -21,7 +21,6 @@ import torch
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
 from trpo_lab.actor import NumpyActor
-from trpo_lab.torch_actor import TorchActor
 from trpo_lab.checkpoint import BEST, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
@@ -29,8 +28,9 @@ from trpo_lab.envs import make_env
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger
 from trpo_lab.networks import is_image_space, net_factory
-from trpo_lab.torch_value_fit import TorchValueFitter
 from trpo_lab.policies import Policy, ValueNet, make_policy
+from trpo_lab.torch_actor import TorchActor
+from trpo_lab.torch_value_fit import TorchValueFitter
 from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
 
