@@ -236,14 +236,18 @@ def test_unsupported_spaces_fail_in_one_line(env_id, expected):
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
-def test_image_inside_a_dict_and_nested_multidiscrete_are_refused(monkeypatch):
+def test_image_inside_a_dict_grid_multidiscrete_and_shifted_discrete_are_refused():
     class ImageDict(toy_envs.ToyDict):
         observation_space = gym.spaces.Dict({"img": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)})
 
     class GridActions(toy_envs.ToyMultiDiscrete):
         action_space = gym.spaces.MultiDiscrete([[2, 2], [2, 2]])
 
+    class ShiftedDiscrete(toy_envs.ToyDict):
+        action_space = gym.spaces.Discrete(2, start=1)
+
     for name, cls, expected in (("ImageDict-v0", ImageDict, "images inside a Dict"),
+                                ("ShiftedDiscrete-v0", ShiftedDiscrete, "Discrete with start != 0"),
                                 ("GridActions-v0", GridActions, "multi-dimensional MultiDiscrete")):
         gym.register(name, entry_point=cls)
         try:

@@ -5,8 +5,8 @@ What trpo_lab takes (README, "Supported spaces and networks"):
                   for network nature_cnn); a Dict of vectors, Discrete, MultiBinary,
                   MultiDiscrete or Dicts of them, flattened into one vector
                   (gymnasium's FlattenObservation: Discrete one-hot)
-    actions       Box, Discrete, MultiDiscrete (one-dimensional, starting at 0), MultiBinary
-                  (one-dimensional)
+    actions       Box, Discrete (starting at 0), MultiDiscrete (one-dimensional, starting at 0),
+                  MultiBinary (one-dimensional)
 `env.preprocess=atari` adds gymnasium's Atari wrappers (`atari_wrappers`).
 
 The rest of the environment side lives by concern: vectorised stepping in
@@ -64,7 +64,9 @@ def _flattenable(space: gym.Space) -> str | None:
 
 
 def _action_problem(space: gym.Space) -> str | None:
-    if isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+    if isinstance(space, gym.spaces.Discrete):
+        return None if space.start == 0 else "a Discrete with start != 0"
+    if isinstance(space, gym.spaces.Box):
         return None
     if isinstance(space, gym.spaces.MultiDiscrete):
         if len(space.shape) != 1:
