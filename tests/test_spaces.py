@@ -412,3 +412,21 @@ def test_pong_vec_env_state_round_trip():
     finally:
         a.close()
         b.close()
+
+
+def test_fisher_subsample_is_a_fixed_stride_and_the_update_keeps_the_trust_region():
+    from trpo_lab.trpo import Batch, fisher_subsample, trpo_update
+
+    obs = torch.arange(20.0).reshape(10, 2)
+    assert fisher_subsample(obs, 1.0) is obs
+    assert torch.equal(fisher_subsample(obs, 0.25), obs[::4])
+    policy, obs_dim = _policy("multi_categorical", "mlp")
+    torch.manual_seed(0)
+    x = torch.randn(400, obs_dim, dtype=torch.float64)
+    with torch.no_grad():
+        actions, logp = policy.sample_from_noise(x, torch.rand(400, 3, dtype=torch.float64))
+    batch = Batch(x, actions, logp, torch.randn(400, dtype=torch.float64))
+    stats = trpo_update(policy, batch, TRPOConfig(fisher_fraction=0.1))
+    assert stats.line_search_success and 0 < stats.kl <= 0.01
+    with pytest.raises(ConfigError, match="trpo.fisher_fraction"):
+        validate(Config(env=EnvConfig(id="CartPole-v1"), trpo=TRPOConfig(fisher_fraction=0.0)))

@@ -55,6 +55,11 @@ class TRPOConfig:
     delta: float = 0.01
     cg_iters: int = 25
     cg_damping: float = 0.1
+    # Fraction of the batch the Fisher-vector products average over (every k-th sample,
+    # k = round(1 / fisher_fraction)), a cheaper estimate of the same average over
+    # states; 1 uses the whole batch. The gradient and the line search always use the
+    # whole batch.
+    fisher_fraction: float = 1.0
     gae_lambda: float = 0.95
     gamma: float = 0.99
     backtrack_iters: int = 10
@@ -251,6 +256,8 @@ def validate(cfg: Config) -> None:
     check(number(t.delta) and t.delta > 0, "trpo.delta", t.delta, "must be a finite number > 0")
     check(t.cg_iters >= 1, "trpo.cg_iters", t.cg_iters, "must be an integer >= 1")
     check(number(t.cg_damping) and t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be a finite number >= 0")
+    check(number(t.fisher_fraction) and 0 < t.fisher_fraction <= 1, "trpo.fisher_fraction", t.fisher_fraction,
+          "must be in (0, 1]")
     check(number(t.gae_lambda) and 0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
     check(number(t.gamma) and 0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
     check(t.backtrack_iters >= 1, "trpo.backtrack_iters", t.backtrack_iters, "must be an integer >= 1")

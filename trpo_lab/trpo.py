@@ -7,6 +7,7 @@ Read next to the paper:
     importance_weights      the weights pi_old / beta of a batch: largest, effective sample size
     mean_kl                 TRPO eq. (12): E_s[KL(pi_old(.|s) || pi_theta(.|s))]
     fisher_vector_product   TRPO appendix C: v -> F v, with F = E_s[J^T M J]
+    fisher_subsample        the states F averages over (all, or a fixed-stride subsample)
     conjugate_gradient      TRPO appendix C: solve F x = g without forming F
     line_search             TRPO appendix C: backtrack from sqrt(2 delta / x^T F x) x
     trpo_update             one policy update, returning a typed stats record
@@ -124,6 +125,16 @@ def fisher_vector_product(policy: Policy, obs: torch.Tensor,
     return lambda v: product(v) + damping * v
 
 
+def fisher_subsample(obs: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Every k-th row of obs [B, ...], k = round(1 / fraction): the states the Fisher averages over.
+
+    A fixed stride, not a random draw: no generator is consumed, so runs resume exactly,
+    and with fraction 1 it is obs itself.
+    """
+    step = max(1, round(1.0 / fraction))
+    return obs if step == 1 else obs[::step]
+
+
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                        iters: int, residual_tol: float = 1e-10) -> tuple[torch.Tensor, float]:
     """Approximately solve A x = b for symmetric positive-definite A given as `matvec`.
@@ -228,7 +239,7 @@ class Batch:
 def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateStats:
     """One TRPO policy step (docs/design.md, "The algorithm", steps 2 and 3); updates `policy` in place.
 
-    Uses settings.delta, cg_iters, cg_damping, backtrack_iters, backtrack_coeff,
+    Uses settings.delta, cg_iters, cg_damping, fisher_fraction, backtrack_iters, backtrack_coeff,
     off_policy_correction and is_clip. The trust region is the mean KL from
     pi_old (the policy on entry) to the new policy over the batch's states,
     whatever policy collected the batch.
@@ -252,7 +263,7 @@ def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateSta
     grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surr, params)]).detach()
     surrogate_before = float(surr.detach())
 
-    fvp = fisher_vector_product(policy, obs, settings.cg_damping)
+    fvp = fisher_vector_product(policy, fisher_subsample(obs, settings.fisher_fraction), settings.cg_damping)
     direction, cg_residual = conjugate_gradient(fvp, grad, settings.cg_iters)
     curvature = torch.dot(direction, fvp(direction))  # x^T (F + damping I) x
     if not (torch.isfinite(curvature) and curvature > 0):
