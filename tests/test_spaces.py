@@ -319,7 +319,7 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
     summary = train(cfg, tmp_path)
     assert summary["status"] == "completed"
     assert summary["eval_return"] >= 8.5, summary  # random: 5 of 10
-    assert time.perf_counter() - start < 120
+    assert time.perf_counter() - start < 120  # 18-43 s here under load
 
 
 @pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
@@ -384,7 +384,7 @@ def test_pong_smoke_through_the_real_emulator(tmp_path):
     run_cfg, agent, _ = load_agent(tmp_path)
     assert type(agent.policy.net).__name__ == "NatureCNN" and not agent.obs_norm.enabled
     assert len(episode_returns(run_cfg, agent, 1, seed=5)) == 1
-    assert time.perf_counter() - start < 60
+    assert time.perf_counter() - start < 120  # 18 s here; generous for loaded CI machines
 
 
 def test_pong_vec_env_state_round_trip():
