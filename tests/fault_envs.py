@@ -4,7 +4,7 @@ processes as `env.id=fault_envs:<Id>` (tests dir on PYTHONPATH); and a pickle th
     WrongShapeObs-v0   declares a (2,) observation, returns a (3,) one from the 3rd step on
     ScalarObs-v0       declares a (1,) observation, returns a bare float from step
     RaiseInStep-v0     raises RuntimeError inside step on the 3rd step
-    MultiDiscreteAct-v0, MultiBinaryAct-v0, DictObs-v0   spaces trpo_lab does not handle (yet)
+    TupleObs-v0, GridMultiDiscreteAct-v0, DictImageObs-v0   spaces trpo_lab refuses
 """
 import gymnasium as gym
 import numpy as np
@@ -45,20 +45,21 @@ class RaiseInStep(_Plain):
         return super().step(action)
 
 
-class MultiDiscreteAct(_Plain):
-    action_space = gym.spaces.MultiDiscrete([2, 3])
-
-
-class MultiBinaryAct(_Plain):
-    action_space = gym.spaces.MultiBinary(2)
-
-
-class DictObs(_Plain):
-    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})
+class TupleObs(_Plain):
+    observation_space = gym.spaces.Tuple((gym.spaces.Box(-1, 1, (2,)), gym.spaces.Discrete(2)))
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return {"x": np.zeros(2, dtype=np.float32)}, {}
+        return (np.zeros(2, dtype=np.float32), 0), {}
+
+
+class GridMultiDiscreteAct(_Plain):
+    action_space = gym.spaces.MultiDiscrete([[2, 3], [2, 2]])
+
+
+class DictImageObs(_Plain):
+    observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,)),
+                                         "pixels": gym.spaces.Box(0, 255, (36, 36, 1), np.uint8)})
 
 
 class RunsCode:
@@ -71,7 +72,7 @@ class RunsCode:
         return open, (self.marker, "w")
 
 
-for _cls in (WrongShapeObs, ScalarObs, RaiseInStep, MultiDiscreteAct, MultiBinaryAct, DictObs):
+for _cls in (WrongShapeObs, ScalarObs, RaiseInStep, TupleObs, GridMultiDiscreteAct, DictImageObs):
     _id = f"{_cls.__name__}-v0"
     if _id not in gym.registry:
         gym.register(_id, entry_point=_cls)

@@ -315,8 +315,8 @@ def test_disk_full_while_saving_removes_the_temporaries_and_still_writes_the_sum
     assert summary["status"] == "failed" and "No space left" in summary["error"]
 
 
-@pytest.mark.parametrize("env_id", ["fault_envs:MultiDiscreteAct-v0", "fault_envs:MultiBinaryAct-v0",
-                                    "fault_envs:DictObs-v0"])
+@pytest.mark.parametrize("env_id", ["fault_envs:TupleObs-v0", "fault_envs:GridMultiDiscreteAct-v0",
+                                    "fault_envs:DictImageObs-v0"])
 def test_a_run_refused_before_its_first_iteration_writes_a_failed_summary(tmp_path, env_id):
     with pytest.raises(EnvError) as err:
         train(_tiny(env_id), tmp_path)

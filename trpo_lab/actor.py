@@ -46,8 +46,8 @@ class NumpyActor:
     def of(cls, net, activation: str, log_std: np.ndarray | None) -> "NumpyActor":
         """A copy of the current weights of `net`, a torch Sequential of Linear and activation layers."""
         linears = [m for m in net if hasattr(m, "weight")]
-        weights = [np.ascontiguousarray(m.weight.detach().numpy().T, dtype=np.float64) for m in linears]
-        return cls(weights, [m.bias.detach().numpy().astype(np.float64) for m in linears], activation, log_std)
+        weights = [np.ascontiguousarray(m.weight.detach().cpu().numpy().T, dtype=np.float64) for m in linears]
+        return cls(weights, [m.bias.detach().cpu().numpy().astype(np.float64) for m in linears], activation, log_std)
 
     def forward(self, obs: np.ndarray) -> np.ndarray:
         """The net's output [N, out]: an array of this actor's, overwritten by the next call.

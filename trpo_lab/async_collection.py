@@ -34,6 +34,7 @@ import torch
 from trpo_lab import workers
 from trpo_lab.collection import Rollout
 from trpo_lab.envs import EnvError, make_env
+from trpo_lab.networks import network_kind
 from trpo_lab.vec_env import _EpisodeTracker
 from trpo_lab.rollout_worker import (RESET_SEED, SLOTS, STOP, VERSION, PolicyLayout, SharedArrays,
                                      channel_spec, run, slot_spec)
@@ -56,6 +57,11 @@ class AsyncCollector:
         probe = make_env(cfg.env)  # a bad env fails here, with a clear message, before any worker starts
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
+        if not isinstance(self.action_space, (gym.spaces.Box, gym.spaces.Discrete)) or \
+                network_kind(cfg.network.type, self.observation_space) != "mlp" or cfg.trainer.device != "cpu":
+            raise EnvError(f"trainer.collection=async takes MLP policies on the CPU with Box or Discrete actions "
+                           f"(its workers act in numpy); env.id={cfg.env.id!r} has {self.observation_space} -> "
+                           f"{self.action_space}: use trainer.collection=sync")
         self.T, self.N, self.seed = T, N, seed
         self.episodes: deque = deque(maxlen=100)
         self._tracker = _EpisodeTracker(N)

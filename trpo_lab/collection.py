@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from trpo_lab.envs import EnvError
 from trpo_lab.vec_env import SyncVecEnv, make_vec_env
 
 
@@ -35,7 +36,7 @@ class Rollout:
     """One iteration's batch, [T, N] leading dimensions (T steps of N environments)."""
 
     obs: np.ndarray            # float32 [T, N, obs_dim], normalised as the policy saw them
-    actions: np.ndarray        # float32 [T, N, act_dim] or int64 [T, N]
+    actions: np.ndarray        # float32 [T, N, act_dim] (Box), int64 [T, N] (Discrete) or [T, N, k] (Multi*)
     behaviour_logp: np.ndarray  # float64 [T, N], log beta(a|s) at collection time
     rewards: np.ndarray        # float64 [T, N], scaled rewards (RewardScaler) once collected
     terminated: np.ndarray     # bool [T, N]
@@ -52,6 +53,8 @@ class Rollout:
     def allocate(cls, T: int, N: int, obs_dim: int, action_space: gym.Space) -> "Rollout":
         if isinstance(action_space, gym.spaces.Discrete):
             actions = np.zeros((T, N), dtype=np.int64)
+        elif isinstance(action_space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+            actions = np.zeros((T, N, int(np.prod(action_space.shape))), dtype=np.int64)
         else:
             actions = np.zeros((T, N, int(np.prod(action_space.shape))), dtype=np.float32)
         return cls(
@@ -78,7 +81,7 @@ class Rollout:
 
 def collect(venv: SyncVecEnv, agent, actor, obs: np.ndarray, rollout: Rollout,
             rng: np.random.Generator, episodes: deque) -> np.ndarray:
-    """Fill `rollout` by acting with `actor` (a NumpyActor); returns the observation to continue from.
+    """Fill `rollout` by acting with `actor` (Policy.actor()); returns the observation to continue from.
 
     The per-step path writes into preallocated arrays; what can wait for the
     whole rollout (the finiteness checks, reward scaling) does.
@@ -142,6 +145,12 @@ class SyncCollector:
         tc = cfg.trainer
         self.venv = make_vec_env(cfg.env, N, seed, tc.vec_env)
         self.observation_space, self.action_space = self.venv.observation_space, self.venv.action_space
+        if tc.vec_env == "subproc" and (len(self.observation_space.shape) != 1 or not isinstance(
+                self.action_space, (gym.spaces.Box, gym.spaces.Discrete))):
+            self.venv.close()
+            raise EnvError(f"trainer.vec_env=subproc takes vector observations and Box or Discrete actions; "
+                           f"env.id={cfg.env.id!r} has {self.observation_space} -> {self.action_space}: "
+                           "use trainer.vec_env=sync")
         self.rng = np.random.default_rng(seed)
         self.episodes: deque = deque(maxlen=100)
         self.policy_lag = tc.policy_lag
@@ -156,20 +165,21 @@ class SyncCollector:
             self._obs = self.venv.reset()
         rollout = self.rollout
         if not self.policy_lag:
-            actor, behaviour_version = agent.policy.numpy_actor(), version
+            actor, behaviour_version = agent.policy.actor(), version
         else:
             self.behaviour_policies.append((version, _policy_state(agent.policy)))
             behaviour_version, state = self.behaviour_policies[0]
             if self._behaviour is None:
                 self._behaviour = copy.deepcopy(agent.policy)
             self._behaviour.load_state_dict(state)
-            actor = self._behaviour.numpy_actor()
+            actor = self._behaviour.actor()
         self._obs = collect(self.venv, agent, actor, self._obs, rollout, self.rng, self.episodes)
         rollout.versions.fill(behaviour_version)
         rollout.behaviour_dist = None
         if behaviour_version != version:
             with torch.no_grad():
-                flat = torch.from_numpy(rollout.obs.reshape(-1, rollout.obs.shape[-1]))
+                flat = torch.from_numpy(rollout.obs.reshape(-1, rollout.obs.shape[-1])).to(
+                    next(self._behaviour.parameters()).device)
                 rollout.behaviour_dist = tuple(p.detach() for p in self._behaviour.dist_params(flat))
         return rollout
 

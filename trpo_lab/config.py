@@ -31,10 +31,17 @@ class EnvConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     # None keeps the task's own time limit.
     max_episode_steps: Optional[int] = None
+    # "none", or "atari": gymnasium's AtariPreprocessing (84x84 grey, frame skip 4, up to
+    # 30 no-op starts, a life lost ends a training episode) and FrameStackObservation(4).
+    # Build the ALE env with frameskip=1 (env.kwargs) so that only the wrapper skips.
+    preprocess: str = "none"
 
 
 @dataclass
 class NetworkConfig:
+    # auto: nature_cnn for image observations, else mlp (trpo_lab/networks.py).
+    type: str = "auto"
+    # The MLP's hidden widths (for nature_cnn: the head after the conv stack).
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
     # Initial log standard deviation of the Gaussian policy (Box actions only).
@@ -48,6 +55,11 @@ class TRPOConfig:
     delta: float = 0.01
     cg_iters: int = 25
     cg_damping: float = 0.1
+    # Fraction of the batch the Fisher-vector products average over (every k-th sample,
+    # k = round(1 / fisher_fraction)), a cheaper estimate of the same average over
+    # states; 1 uses the whole batch. The gradient and the line search always use the
+    # whole batch.
+    fisher_fraction: float = 1.0
     gae_lambda: float = 0.95
     gamma: float = 0.99
     backtrack_iters: int = 10
@@ -109,6 +121,8 @@ class TrainerConfig:
     # the same hydra.run.dir); never: start fresh; a path: continue that run, in
     # that directory, with its stored config. See trpo_lab/resume.py.
     resume: Optional[str] = "auto"
+    # Where the policy update (and a CNN policy's acting) runs: cpu or cuda (cuda:N).
+    device: str = "cpu"
 
 
 @dataclass
@@ -159,6 +173,8 @@ VEC_ENVS = ("sync", "subproc")
 COLLECTIONS = ("sync", "async")
 CORRECTIONS = ("importance", "truncated", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+NETWORKS = ("auto", "mlp", "nature_cnn")  # trpo_lab/networks.py
+PREPROCESS = ("none", "atari")
 OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
 
 
@@ -263,6 +279,8 @@ def validate(cfg: Config) -> None:
     check(1 <= t.cg_iters <= MAX_CG_ITERS, "trpo.cg_iters", t.cg_iters,
           f"must be an integer in [1, {MAX_CG_ITERS}]")
     check(number(t.cg_damping) and t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be a finite number >= 0")
+    check(number(t.fisher_fraction) and 0 < t.fisher_fraction <= 1, "trpo.fisher_fraction", t.fisher_fraction,
+          "must be in (0, 1]")
     check(number(t.gae_lambda) and 0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
     check(number(t.gamma) and 0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
     check(1 <= t.backtrack_iters <= MAX_BACKTRACK_ITERS, "trpo.backtrack_iters", t.backtrack_iters,
@@ -281,6 +299,7 @@ def validate(cfg: Config) -> None:
           "must be a finite number >= 1 (the largest weight pi_old / beta kept)")
 
     n = cfg.network
+    check(n.type in NETWORKS, "network.type", n.type, f"must be one of {NETWORKS}")
     check(number(n.log_std_init), "network.log_std_init", n.log_std_init, "must be a finite number")
     check(len(n.hidden) >= 1 and all(1 <= w <= 65536 for w in n.hidden), "network.hidden", n.hidden,
           "must be a non-empty list of widths in [1, 65536]")
@@ -317,10 +336,19 @@ def validate(cfg: Config) -> None:
     check(r.resume is None or (isinstance(r.resume, str) and r.resume.strip() != ""), "trainer.resume", r.resume,
           "must be auto, never (or null), or the directory of a run with a checkpoint")
 
+    check(isinstance(r.device, str) and (r.device == "cpu" or r.device.split(":")[0] == "cuda"), "trainer.device",
+          r.device, "must be cpu, cuda or cuda:N")
+    if r.device != "cpu":
+        import torch
+
+        check(torch.cuda.is_available(), "trainer.device", r.device,
+              "CUDA is not available on this machine (torch.cuda.is_available() is False); use trainer.device=cpu")
+
     w = cfg.logger.wandb
     check(w.mode in WANDB_MODES, "logger.wandb.mode", w.mode, f"must be one of {WANDB_MODES}")
 
     e = cfg.env
+    check(e.preprocess in PREPROCESS, "env.preprocess", e.preprocess, f"must be one of {PREPROCESS}")
     check(e.max_episode_steps is None or e.max_episode_steps >= 1, "env.max_episode_steps",
           e.max_episode_steps, "must be null or >= 1")
     _check_env_id(e.id)
@@ -339,6 +367,12 @@ def _check_env_id(env_id: str) -> None:
         except Exception as err:
             raise ConfigError(f"env.id={module}:{env_id!r}: cannot import module {module!r} "
                               f"({type(err).__name__}: {err})") from None
+    if env_id.startswith("ALE/"):  # ale-py registers the Atari ids when imported
+        try:
+            import ale_py
+        except ImportError as err:
+            raise ConfigError(f"env.id={env_id!r} needs ale-py: pip install 'trpo_lab[atari]' ({err})") from None
+        gym.register_envs(ale_py)
     try:
         gym.spec(env_id)
     except Exception as err:  # gymnasium raises several error types for unknown ids

@@ -86,8 +86,8 @@ def load_agent(run_dir: Path, name: str = LAST) -> tuple[Config, Agent, dict[str
 
 
 def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int, stochastic: bool = False) -> list[float]:
-    env = make_env(cfg.env)
-    actor = agent.policy.numpy_actor()
+    env = make_env(cfg.env, training=False)
+    actor = agent.policy.actor()
     try:
         return [run_episode(env, actor, agent.obs_norm, seed + ep, stochastic=stochastic) for ep in range(episodes)]
     finally:
@@ -103,12 +103,12 @@ def record_video(cfg: Config, agent: Agent, seed: int, out_dir: Path,
     if _is_mujoco(cfg.env.id):  # software GL renders 480x480 at a few frames per second
         kwargs.update(width=VIDEO_SIZE, height=VIDEO_SIZE)
     try:
-        env = make_env(replace(cfg.env, kwargs={**kwargs, **cfg.env.kwargs}))
+        env = make_env(replace(cfg.env, kwargs={**kwargs, **cfg.env.kwargs}), training=False)
     except Exception as err:
         return None, f"no renderer available: the environment cannot render ({err})"
     frames: list = []
     try:
-        run_episode(env, agent.policy.numpy_actor(), agent.obs_norm, seed, frames, stochastic=stochastic)
+        run_episode(env, agent.policy.actor(), agent.obs_norm, seed, frames, stochastic=stochastic)
     except Exception as err:
         gl = os.environ.get("MUJOCO_GL")
         return None, (f"no renderer available ({type(err).__name__}: {err}; MUJOCO_GL={gl}; "

@@ -55,8 +55,9 @@ class Linearisation:
         # Work arrays of jvp and vjp, allocated once: at a batch of 2048 a fresh
         # [B, 64] result costs page faults that a product of 25 calls would repeat.
         batch = x.shape[0]
-        self._dz = [torch.empty(batch, layer.out_features, dtype=x.dtype) for layer in self.layers]
-        self._hidden = [torch.empty(batch, layer.in_features, dtype=x.dtype) for layer in self.layers[1:]]
+        self._dz = [torch.empty(batch, layer.out_features, dtype=x.dtype, device=x.device) for layer in self.layers]
+        self._hidden = [torch.empty(batch, layer.in_features, dtype=x.dtype, device=x.device)
+                        for layer in self.layers[1:]]
         self._grads = [torch.empty_like(p) for layer in self.layers for p in (layer.weight, layer.bias)]
 
     @torch.no_grad()

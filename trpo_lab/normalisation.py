@@ -62,6 +62,8 @@ class ObsNormalizer:
         self.enabled, self.clip, self.eps = enabled, clip, eps
 
     def __call__(self, obs: np.ndarray, update: bool = False) -> np.ndarray:
+        """obs [n, ...] normalised, as rows [n, d] (an image's pixels side by side)."""
+        obs = obs.reshape(obs.shape[0], -1)
         if not self.enabled:
             return obs
         if update:
@@ -113,11 +115,11 @@ class RolloutNormalizer:
         kept from the last call (out given positionally: keyword parsing costs
         a measurable share of a call on arrays this small).
         """
+        if obs.ndim != 2:  # images: [n, C, H, W] as rows of d numbers
+            obs = obs.reshape(obs.shape[0], self._d)
         if not self.enabled:
             np.copyto(out, obs)
             return out
-        if obs.ndim != 2:
-            obs = obs.reshape(obs.shape[0], self._d)
         rows = self._rows
         if rows.shape[0] != obs.shape[0]:
             rows = self._rows = np.empty((obs.shape[0], 2 * self._d))

@@ -27,7 +27,10 @@ from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, va
 from trpo_lab.envs import make_env
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger, failed_summary, write_json_atomic
+from trpo_lab.networks import is_image_space, net_factory
 from trpo_lab.policies import Policy, ValueNet, make_policy
+from trpo_lab.torch_actor import TorchActor
+from trpo_lab.torch_value_fit import TorchValueFitter
 from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
 
@@ -46,7 +49,7 @@ class Agent:
 
     policy: Policy
     value: ValueNet
-    value_fitter: ValueFitter  # Adam on the critic's MSE (holds Adam's state)
+    value_fitter: ValueFitter | TorchValueFitter  # Adam on the critic's MSE (holds Adam's state)
     obs_norm: ObsNormalizer
     reward_scaler: RewardScaler
 
@@ -70,13 +73,23 @@ class Agent:
 def build_agent(cfg: Config, observation_space: gym.Space, action_space: gym.Space) -> Agent:
     obs_dim = int(np.prod(observation_space.shape))
     net = cfg.network
-    policy = make_policy(obs_dim, action_space, list(net.hidden), net.activation, net.log_std_init, net.ortho_init)
-    value = ValueNet(obs_dim, list(net.hidden), net.activation, net.ortho_init)
+    factory = net_factory(net, observation_space)  # None: the MLP
+    policy = make_policy(obs_dim, action_space, list(net.hidden), net.activation, net.log_std_init, net.ortho_init,
+                         factory)
+    value = ValueNet(obs_dim, list(net.hidden), net.activation, net.ortho_init, factory)
+    device = torch.device(cfg.trainer.device)
+    policy.to(device)
+    if factory is None:  # the MLP critic is fitted in numpy, on the CPU
+        fitter = ValueFitter(value, net.activation, lr=cfg.trpo.value_lr, eps=cfg.trpo.value_adam_eps)
+    else:
+        value.to(device)
+        fitter = TorchValueFitter(value, lr=cfg.trpo.value_lr, eps=cfg.trpo.value_adam_eps)
     return Agent(
         policy=policy,
         value=value,
-        value_fitter=ValueFitter(value, net.activation, lr=cfg.trpo.value_lr, eps=cfg.trpo.value_adam_eps),
-        obs_norm=ObsNormalizer(observation_space.shape, enabled=cfg.trpo.normalize_obs),
+        value_fitter=fitter,
+        # Images are scaled to [0, 1] by the CNN itself, never running-normalised.
+        obs_norm=ObsNormalizer((obs_dim,), enabled=cfg.trpo.normalize_obs and not is_image_space(observation_space)),
         reward_scaler=RewardScaler(cfg.trainer.n_envs, cfg.trpo.gamma, enabled=cfg.trpo.normalize_reward),
     )
 
@@ -109,7 +122,7 @@ def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
     return value_loss
 
 
-def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
+def run_episode(env: gym.Env, actor: NumpyActor | TorchActor, obs_norm: ObsNormalizer, seed: int,
                 frames: Optional[list] = None, stochastic: bool = False) -> float:
     """Return of one episode from env.reset(seed=seed): the deterministic policy (the Gaussian
     mean, the most likely action), or with `stochastic` actions sampled from it, its randomness
@@ -138,10 +151,10 @@ def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: 
     return total
 
 
-def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
+def evaluate(env_cfg, actor: NumpyActor | TorchActor, obs_norm: ObsNormalizer, episodes: int, seed: int
              ) -> tuple[float, float]:
     """Mean and std of the deterministic policy's return over `episodes` episodes."""
-    env = make_env(env_cfg)
+    env = make_env(env_cfg, training=False)
     try:
         returns = [run_episode(env, actor, obs_norm, seed + ep) for ep in range(episodes)]
     finally:
@@ -236,7 +249,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 behaviour_logp=torch.from_numpy(rollout.behaviour_logp.reshape(-1).astype(np.float32)),
                 advantages=torch.from_numpy(flat_adv.astype(np.float32)),
                 behaviour_dist=rollout.behaviour_dist,
-            )
+            ).to(tc.device)
             stats: UpdateStats = trpo_update(agent.policy, batch, pc)
             lags = rollout.lags(version)
             last = iteration == num_iterations(tc)
@@ -278,7 +291,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             }
             prune = False
             if evaluates:
-                eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
+                eval_return, eval_std = evaluate(cfg.env, agent.policy.actor(), agent.obs_norm,
                                                  tc.eval_episodes, eval_seed(tc))
                 if eval_return > best_eval:  # the best-evaluated policy, for `evaluate --checkpoint best`
                     best = _checkpoint_state(cfg, agent, iteration, env_steps)
@@ -298,7 +311,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 raise PruneRequested
 
         if first_iteration > num_iterations(tc):  # resumed a finished run: evaluate it again
-            eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
+            eval_return, eval_std = evaluate(cfg.env, agent.policy.actor(), agent.obs_norm,
                                              tc.eval_episodes, eval_seed(tc))
             best_eval = max(best_eval, eval_return)
         status = "completed"

@@ -7,6 +7,7 @@ Read next to the paper:
     importance_weights      the weights pi_old / beta of a batch: largest, effective sample size
     mean_kl                 TRPO eq. (12): E_s[KL(pi_old(.|s) || pi_theta(.|s))]
     fisher_vector_product   TRPO appendix C: v -> F v, with F = E_s[J^T M J]
+    fisher_subsample        the states F averages over (all, or a fixed-stride subsample)
     conjugate_gradient      TRPO appendix C: solve F x = g without forming F
     line_search             TRPO appendix C: backtrack from sqrt(2 delta / x^T F x) x
     trpo_update             one policy update, returning a typed stats record
@@ -124,6 +125,16 @@ def fisher_vector_product(policy: Policy, obs: torch.Tensor,
     return lambda v: product(v) + damping * v
 
 
+def fisher_subsample(obs: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Every k-th row of obs [B, ...], k = round(1 / fraction): the states the Fisher averages over.
+
+    A fixed stride, not a random draw: no generator is consumed, so runs resume exactly,
+    and with fraction 1 it is obs itself.
+    """
+    step = max(1, round(1.0 / fraction))
+    return obs if step == 1 else obs[::step]
+
+
 def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                        iters: int, residual_tol: float = 1e-10) -> tuple[torch.Tensor, float]:
     """Approximately solve A x = b for symmetric positive-definite A given as `matvec`.
@@ -206,8 +217,8 @@ class UpdateStats:
 class Batch:
     """What one update learns from; B samples, flattened over steps and environments.
 
-    obs [B, obs_dim] (normalised, as the behaviour policy saw them), actions
-    [B, act_dim] (or [B] for discrete), behaviour_logp and advantages [B].
+    obs [B, obs_dim] (normalised, as the behaviour policy saw them; images flat), actions
+    [B, act_dim] (Box; int64 [B] Discrete, [B, k] MultiDiscrete and MultiBinary), behaviour_logp and advantages [B].
     behaviour_dist: beta's distribution parameters at obs (as `Policy.dist_params`
     gives them), or None when beta is pi_old itself.
     """
@@ -218,11 +229,17 @@ class Batch:
     advantages: torch.Tensor
     behaviour_dist: Optional[tuple[torch.Tensor, ...]] = None
 
+    def to(self, device) -> "Batch":
+        """This batch on `device` (itself when it is there already: the CPU runs copy nothing)."""
+        move = lambda t: t.to(device)  # noqa: E731
+        dist = None if self.behaviour_dist is None else tuple(map(move, self.behaviour_dist))
+        return Batch(move(self.obs), move(self.actions), move(self.behaviour_logp), move(self.advantages), dist)
+
 
 def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateStats:
     """One TRPO policy step (docs/design.md, "The algorithm", steps 2 and 3); updates `policy` in place.
 
-    Uses settings.delta, cg_iters, cg_damping, backtrack_iters, backtrack_coeff,
+    Uses settings.delta, cg_iters, cg_damping, fisher_fraction, backtrack_iters, backtrack_coeff,
     off_policy_correction and is_clip. The trust region is the mean KL from
     pi_old (the policy on entry) to the new policy over the batch's states,
     whatever policy collected the batch.
@@ -242,10 +259,11 @@ def trpo_update(policy: Policy, batch: Batch, settings: TRPOConfig) -> UpdateSta
         return surrogate(policy, obs, actions, denominator, batch.advantages, weights)
 
     surr = objective()
-    grad = parameters_to_vector(torch.autograd.grad(surr, params)).detach()
+    # (reshape, not parameters_to_vector's view: a convolution's gradient may come non-contiguous)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(surr, params)]).detach()
     surrogate_before = float(surr.detach())
 
-    fvp = fisher_vector_product(policy, obs, settings.cg_damping)
+    fvp = fisher_vector_product(policy, fisher_subsample(obs, settings.fisher_fraction), settings.cg_damping)
     direction, cg_residual = conjugate_gradient(fvp, grad, settings.cg_iters)
     curvature = torch.dot(direction, fvp(direction))  # x^T (F + damping I) x
     if not (torch.isfinite(curvature) and curvature > 0):
