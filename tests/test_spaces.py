@@ -7,7 +7,6 @@ tiny tasks (tests/toy_envs.py) that a random policy cannot solve and TRPO learns
 """
 from __future__ import annotations
 
-import time
 
 import gymnasium as gym
 import numpy as np
@@ -313,13 +312,11 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
     """36x36 images (the Nature CNN's smallest input) with a white square left or right; two actions."""
     from trpo_lab.trainer import train
 
-    start = time.perf_counter()
     cfg = _cfg("toy_envs:ToyPixel-v0", 4096, n_envs=8)
     cfg.trpo.value_epochs = 5
     summary = train(cfg, tmp_path)
     assert summary["status"] == "completed"
     assert summary["eval_return"] >= 8.5, summary  # random: 5 of 10
-    assert time.perf_counter() - start < 120  # 18-43 s here under load
 
 
 @pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
@@ -372,7 +369,6 @@ def test_pong_smoke_through_the_real_emulator(tmp_path):
     cfg = to_config(_compose("env=pong", "network=nature_cnn", "logger=none", "trainer.total_steps=192",
                              "trainer.steps_per_iter=64", "trainer.eval_episodes=1", "trainer.progress=false",
                              "env.max_episode_steps=200", "trpo.value_epochs=1"))
-    start = time.perf_counter()
     summary = train(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["iterations"] == 3
     assert np.isfinite(summary["eval_return"])
@@ -384,7 +380,6 @@ def test_pong_smoke_through_the_real_emulator(tmp_path):
     run_cfg, agent, _ = load_agent(tmp_path)
     assert type(agent.policy.net).__name__ == "NatureCNN" and not agent.obs_norm.enabled
     assert len(episode_returns(run_cfg, agent, 1, seed=5)) == 1
-    assert time.perf_counter() - start < 120  # 18 s here; generous for loaded CI machines
 
 
 def test_pong_vec_env_state_round_trip():
