@@ -241,6 +241,7 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
 
 def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env: str, collection: str) -> dict:
     sys.path.insert(0, str(REPO))
+    from trpo_lab import metrics as M
     from trpo_lab.trainer import train
 
     runtime = {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
@@ -250,10 +251,11 @@ def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env
     with tempfile.TemporaryDirectory() as run_dir:
         summary = train(cfg, Path(run_dir))
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    elapsed = rows[-1]["wall_time_s"]  # to the end of the last iteration, before the final evaluation
+    elapsed = rows[-1][M.WALL_TIME]  # to the end of the last iteration, before the final evaluation
     # trpo_lab evaluates with env seed + 10000 + episode, like _evaluate above.
-    return {"steps": summary["env_steps"], "train_s": elapsed, "steps_per_s": summary["env_steps"] / elapsed,
-            "eval_return": summary["eval_return"]}
+    steps_done = summary[M.Summary.ENV_STEPS]
+    return {"steps": steps_done, "train_s": elapsed, "steps_per_s": steps_done / elapsed,
+            "eval_return": summary[M.Summary.EVAL_RETURN]}
 
 
 def child_main(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trpo_lab import metrics as M
 from trpo_lab.activations import NAMES as ACTIVATIONS
 
 
@@ -102,7 +103,7 @@ class TrainerConfig:
     checkpoint_every: int = 10
     # Summary field returned to the sweeper: eval_return, best_eval_return or
     # train_return_last10.
-    objective: str = "eval_return"
+    objective: str = M.Summary.EVAL_RETURN
     # Show a progress bar when the terminal is interactive.
     progress: bool = True
     # auto: continue from the run directory's checkpoint if it has one (rerun with
@@ -159,7 +160,6 @@ VEC_ENVS = ("sync", "subproc")
 COLLECTIONS = ("sync", "async")
 CORRECTIONS = ("importance", "truncated", "none")
 WANDB_MODES = ("offline", "online", "disabled")
-OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
@@ -284,7 +284,7 @@ def validate(cfg: Config) -> None:
     check(r.eval_episodes >= 1, "trainer.eval_episodes", r.eval_episodes, "must be >= 1")
     check(r.threads >= 1, "trainer.threads", r.threads, "must be >= 1")
     check(r.checkpoint_every >= 1, "trainer.checkpoint_every", r.checkpoint_every, "must be >= 1")
-    check(r.objective in OBJECTIVES, "trainer.objective", r.objective, f"must be one of {OBJECTIVES}")
+    check(r.objective in M.OBJECTIVES, "trainer.objective", r.objective, f"must be one of {M.OBJECTIVES}")
     check(r.resume is None or (isinstance(r.resume, str) and r.resume.strip() != ""), "trainer.resume", r.resume,
           "must be auto, never (or null), or the directory of a run with a checkpoint")
 

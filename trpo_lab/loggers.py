@@ -130,8 +130,9 @@ def failed_summary(env_id: str, error: str) -> dict[str, Any]:
     """summary.json of a run that failed before its first iteration: every field, nothing measured."""
     nan = float("nan")
     summary: dict[str, Any] = {k: nan for k in M.SUMMARY_FIELDS}
-    summary.update(env_id=env_id, env_steps=0, iterations=0, wall_time_s=0.0, steps_per_s=0.0,
-                   status="failed", error=error)
+    summary.update({M.Summary.ENV_ID: env_id, M.Summary.ENV_STEPS: 0, M.Summary.ITERATIONS: 0,
+                    M.Summary.WALL_TIME: 0.0, M.Summary.STEPS_PER_S: 0.0, M.Summary.STATUS: M.Status.FAILED,
+                    M.Summary.ERROR: error})
     return summary
 
 
@@ -248,4 +249,4 @@ class RunLogger:
         except OSError as err:  # e.g. a full disk: still try to record how the run ended
             log.error("could not finish writing metrics.jsonl: %s", err)
         write_json_atomic(self.run_dir / "summary.json", summary)
-        self.wandb.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
+        self.wandb.finish(summary, failed=summary[M.Summary.STATUS] in (M.Status.FAILED, M.Status.INTERRUPTED))

@@ -202,7 +202,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}",
                        initial_steps=env_steps)
 
-    status, error = "failed", None
+    status, error = M.Status.FAILED, None
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
     try:
@@ -295,35 +295,35 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
                                              tc.eval_episodes, eval_seed(tc))
             best_eval = max(best_eval, eval_return)
-        status = "completed"
+        status = M.Status.COMPLETED
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
     except PruneRequested:
-        status = "pruned"
+        status = M.Status.PRUNED
     except KeyboardInterrupt as err:
-        status, error = "interrupted", f"interrupted ({err or 'KeyboardInterrupt'})"
+        status, error = M.Status.INTERRUPTED, f"interrupted ({err or 'KeyboardInterrupt'})"
         raise
     except Exception as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
+        status, error = M.Status.FAILED, f"{type(err).__name__}: {err}"
         raise
     finally:
         collector.close()
         agent.value_fitter.close()
         ep_returns = [r for r, _ in episodes]
         summary = {
-            "env_id": cfg.env.id,
-            "env_steps": env_steps,
-            "iterations": iteration,
-            "wall_time_s": time.perf_counter() - start,
-            "steps_per_s": env_steps / train_time if train_time > 0 else 0.0,
-            "train_return_last10": _mean(ep_returns[-10:]),
-            "eval_return": eval_return,
-            "eval_return_std": eval_std,
-            "best_eval_return": best_eval if math.isfinite(best_eval) else float("nan"),
-            "status": status,
+            M.Summary.ENV_ID: cfg.env.id,
+            M.Summary.ENV_STEPS: env_steps,
+            M.Summary.ITERATIONS: iteration,
+            M.Summary.WALL_TIME: time.perf_counter() - start,
+            M.Summary.STEPS_PER_S: env_steps / train_time if train_time > 0 else 0.0,
+            M.Summary.TRAIN_RETURN_LAST10: _mean(ep_returns[-10:]),
+            M.Summary.EVAL_RETURN: eval_return,
+            M.Summary.EVAL_RETURN_STD: eval_std,
+            M.Summary.BEST_EVAL_RETURN: best_eval if math.isfinite(best_eval) else float("nan"),
+            M.Summary.STATUS: status,
         }
-        summary["objective"] = summary[tc.objective]
+        summary[M.Summary.OBJECTIVE] = summary[tc.objective]
         if error is not None:
-            summary["error"] = error
+            summary[M.Summary.ERROR] = error
         logger.finish(summary)
     return summary
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trpo_lab import metrics as M
 from trpo_lab.report.discovery import Run
 
 # A label of the varying settings longer than this shows as its name alone in legends.
@@ -31,7 +32,7 @@ class Configuration:
 
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
+        return [r for r in self.runs if r.status == M.Status.COMPLETED]
 
     @property
     def scores(self) -> np.ndarray:
