@@ -156,6 +156,50 @@ def task_name(env_id: str, overrides: Any = ()) -> str:
     return str(env_id).replace("/", "_").replace(":", "_")
 
 
+# -- The config as dotted keys, and which keys are not settings.
+
+# Keys, or groups of keys, that say where, how or as which seed or sweep trial a run runs, not
+# what it computes: left out of wandb names and of the report's configurations (whose runs
+# then differ only in these, as seeds).
+BOOKKEEPING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
+               "logger", "trial", "hydra", "sweep")
+# Keys that the command continuing a run may set apart from the checkpoint's config: how this
+# process runs, always; with trainer.resume=auto (the same command again) also where the
+# numbers go and how long to train (to extend a run). trpo_lab/resume.py.
+RESUME_MAY_CHANGE = {"path": ("trainer.resume", "trainer.progress"),
+                     "auto": ("trainer.resume", "trainer.progress", "logger", "trainer.total_steps")}
+
+
+def is_under(key: str, keys: Iterable[str]) -> bool:
+    """Whether dotted `key` is one of `keys` or inside one of them (a group such as `logger`)."""
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in keys)
+
+
+def is_bookkeeping(key: str) -> bool:
+    return is_under(key, BOOKKEEPING)
+
+
+def flat_config(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys: {'trpo.delta': 0.01, 'network.hidden': (64, 64), ...}, lists as tuples.
+
+    `cfg`: a Config, or a plain container such as a run's `.hydra/config.yaml` as loaded
+    (interpolations left unresolved). Used for wandb's config, the report's settings and
+    resume's comparison of configs.
+    """
+    node = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if isinstance(cfg, Config) else cfg
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = tuple(node) if isinstance(node, list) else node
+
+    walk("", node)
+    return out
+
+
 VEC_ENVS = ("sync", "subproc")
 COLLECTIONS = ("sync", "async")
 CORRECTIONS = ("importance", "truncated", "none")

@@ -2,7 +2,7 @@
 
 A run directory holds `metrics.jsonl`, `summary.json` and `.hydra/config.yaml`
 (any one of them makes it one). Its settings are its flat config minus the
-bookkeeping keys (loggers.BOOKKEEPING: the seed, where and how it ran, which
+bookkeeping keys (config.BOOKKEEPING: the seed, where and how it ran, which
 sweep trial it was), which do not change what a run computes.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from trpo_lab import metrics as M
-from trpo_lab.loggers import is_bookkeeping
+from trpo_lab.config import flat_config, is_bookkeeping
 
 
 
@@ -62,15 +62,6 @@ class Inputs:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: tuple(node) if isinstance(node, list) else node}
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     for line in path.read_text().splitlines():
@@ -98,7 +89,7 @@ def load_run(path: Path) -> Run:
     config_file = path / ".hydra" / "config.yaml"
     flat: dict[str, Any] = {}
     if config_file.is_file():
-        flat = _flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
+        flat = flat_config(OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
     rows = _read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
     if not rows:
         why = f" ({summary[M.Summary.STATUS]}: {summary.get(M.Summary.ERROR, 'no error recorded')})" if summary else ""

@@ -1,7 +1,7 @@
 """Seeds into configurations, and configurations into the score matrices rliable takes.
 
 A configuration is one environment and one setting of everything that is not
-bookkeeping (loggers.BOOKKEEPING): its runs are seeds. Configurations that agree
+bookkeeping (config.BOOKKEEPING): its runs are seeds. Configurations that agree
 on everything but the environment share a name (C1, C2, ...), a colour, and a
 column of score matrices across tasks. Names stand for the settings that vary
 between configurations (the page's configuration table lists them), so
