@@ -71,7 +71,7 @@ def zoo_config(env_id: str, *overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from trpo_lab.config import register_configs, to_config
+    from trpo_lab.config import register_configs, to_config, validate
 
     conf = REPO / "trpo_lab" / "conf"
     register_configs()
@@ -80,7 +80,9 @@ def zoo_config(env_id: str, *overrides: str):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose(config_name="config", overrides=[f"experiment={preset.stem}", *overrides])
         if cfg.env.id == env_id:
-            return to_config(cfg), preset.stem
+            typed = to_config(cfg)
+            validate(typed)
+            return typed, preset.stem
     raise SystemExit(f"no experiment=zoo_* preset for {env_id} in {conf / 'experiment'}")
 
 

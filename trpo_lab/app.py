@@ -129,7 +129,8 @@ def run(dict_cfg: DictConfig) -> float:
     env_id = str(OmegaConf.select(dict_cfg, "env.id", default="?", throw_on_missing=False))
     try:
         cfg = to_config(dict_cfg)
-        validate(cfg)
+        if multirun:  # a single run's config was validated by OutputDirCheck, before its directory was made
+            validate(cfg)
     except (ConfigError, EnvError) as err:
         _record_failure(run_dir, env_id, err, started)
         if multirun:

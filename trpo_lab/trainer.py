@@ -23,7 +23,7 @@ from trpo_lab import resume, workers
 from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import BEST, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
-from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
+from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env
 from trpo_lab.envs import make_env
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger
@@ -162,10 +162,11 @@ def _mean(values) -> float:
 def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dict[str, Any]:
     """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary.
 
+    `cfg` has passed `config.validate` (the command line validates it once, before
+    Hydra makes the run directory; a caller that builds a Config itself calls validate).
     Raises resume.RunDirInUse, before touching anything there, when another
     run is writing in the run directory.
     """
-    validate(cfg)
     cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
     with resume.claim(run_dir), workers.blas_threads(cfg.trainer.threads):
         return _train(cfg, run_dir, checkpoint, on_eval)
