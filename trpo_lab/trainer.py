@@ -20,11 +20,10 @@ import torch
 
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
-from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import BEST, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env
-from trpo_lab.envs import make_env
+from trpo_lab.evaluate import episode_returns
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger
 from trpo_lab.policies import Policy, ValueNet, make_policy
@@ -109,43 +108,9 @@ def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
     return value_loss
 
 
-def run_episode(env: gym.Env, actor: NumpyActor, obs_norm: ObsNormalizer, seed: int,
-                frames: Optional[list] = None, stochastic: bool = False) -> float:
-    """Return of one episode from env.reset(seed=seed): the deterministic policy (the Gaussian
-    mean, the most likely action), or with `stochastic` actions sampled from it, its randomness
-    from numpy's Generator seeded `seed`. With `frames`, appends env.render() after the reset
-    and after every step."""
-    box = isinstance(env.action_space, gym.spaces.Box)
-    rng = np.random.default_rng(seed) if stochastic else None
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    if frames is not None:
-        frames.append(env.render())
-    while not done:
-        normalised = obs_norm(np.asarray(obs, dtype=np.float64)[None])
-        if stochastic:
-            noise, _ = actor.noise(rng, 1, 1)
-            action = actor.sample(normalised, noise[0])[0][0]
-        else:
-            action = actor.deterministic(normalised)[0]
-        if box:
-            action = np.clip(action, env.action_space.low, env.action_space.high)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        done = terminated or truncated
-        if frames is not None:
-            frames.append(env.render())
-    return total
-
-
-def evaluate(env_cfg, actor: NumpyActor, obs_norm: ObsNormalizer, episodes: int, seed: int
-             ) -> tuple[float, float]:
-    """Mean and std of the deterministic policy's return over `episodes` episodes."""
-    env = make_env(env_cfg)
-    try:
-        returns = [run_episode(env, actor, obs_norm, seed + ep) for ep in range(episodes)]
-    finally:
-        env.close()
+def _evaluate(cfg: Config, agent: Agent) -> tuple[float, float]:
+    """Mean and std of the deterministic policy's return over trainer.eval_episodes episodes."""
+    returns = episode_returns(cfg, agent, cfg.trainer.eval_episodes, eval_seed(cfg.trainer))
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -273,8 +238,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             }
             prune = False
             if evaluates:
-                eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
-                                                 tc.eval_episodes, eval_seed(tc))
+                eval_return, eval_std = _evaluate(cfg, agent)
                 if eval_return > best_eval:  # the best-evaluated policy, for `evaluate --checkpoint best`
                     best = _checkpoint_state(cfg, agent, iteration, env_steps)
                     best["eval_return"], best["eval_return_std"] = eval_return, eval_std
@@ -293,8 +257,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 raise PruneRequested
 
         if first_iteration > num_iterations(tc):  # resumed a finished run: evaluate it again
-            eval_return, eval_std = evaluate(cfg.env, agent.policy.numpy_actor(), agent.obs_norm,
-                                             tc.eval_episodes, eval_seed(tc))
+            eval_return, eval_std = _evaluate(cfg, agent)
             best_eval = max(best_eval, eval_return)
         status = M.Status.COMPLETED
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
