@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 import torch
 
+from trpo_lab import metrics as M
 from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
 from trpo_lab.config import RESUME_MAY_CHANGE, Config, ConfigError, flat_config, is_under
 
@@ -200,7 +201,7 @@ def truncate_metrics(run_dir: Path, last_iteration: int) -> int:
         except json.JSONDecodeError:
             dropped += 1
             continue
-        if isinstance(row, dict) and row.get("iteration", 0) <= last_iteration:
+        if isinstance(row, dict) and row.get(M.ITERATION, 0) <= last_iteration:
             kept.append(line)
         else:
             dropped += 1
