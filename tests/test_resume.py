@@ -185,10 +185,17 @@ def test_the_same_command_while_its_run_is_alive_is_refused_and_touches_nothing(
                 metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
             time.sleep(0.01)
         assert first.poll() is None, "the first run ended early"
+        record = {name: (run_dir / ".hydra" / name).read_text() for name in ("config.yaml", "overrides.yaml")}
         second = run_cli(*command, cwd=tmp_path)
         assert second.returncode == 1
         lines = [line for line in second.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and f"in use by another trpo_lab run (pid {first.pid})" in lines[0], second.stderr
+        # Another config in the same directory: refused before Hydra writes .hydra/ there, so the
+        # live run's record still says how it was started (the report reads its delta from it).
+        other = run_cli(*command, "trpo.delta=0.05", cwd=tmp_path)
+        assert other.returncode == 1 and "in use by another trpo_lab run" in other.stderr, other.stderr
+        assert {name: (run_dir / ".hydra" / name).read_text() for name in record} == record
+        assert "delta: 0.01" in record["config.yaml"] and "0.05" not in record["overrides.yaml"]
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=60) == 130
     finally:

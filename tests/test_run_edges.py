@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO, cli_env, read_jsonl, run_cli
 from trpo_lab import metrics as M
 from trpo_lab.__main__ import integral_floats
+from trpo_lab.checkpoint import load_checkpoint
 from trpo_lab.config import EnvConfig, task_name
 from trpo_lab.envs import EnvError, make_env
 from trpo_lab.normalisation import ObsNormalizer, RunningMeanStd
@@ -189,7 +189,7 @@ def test_the_final_evaluation_is_the_last_row_and_best_pt_holds_the_best(tmp_pat
     assert rows[-1][M.EVAL_RETURN] == summary["eval_return"]
     assert rows[-1][M.EVAL_RETURN_STD] == summary["eval_return_std"]
     assert sum(M.EVAL_RETURN in r for r in rows) == len(rows)  # no second, unlogged final evaluation
-    best = torch.load(out / "checkpoints" / "best.pt", weights_only=False)
+    best = load_checkpoint(out, "best.pt")
     assert best["eval_return"] == summary["best_eval_return"] == max(r[M.EVAL_RETURN] for r in rows)
 
 

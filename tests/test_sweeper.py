@@ -294,7 +294,8 @@ def test_grid_sampler_runs_each_point_once(tmp_path):
 
 
 class RayLauncher:
-    """Stands in for Hydra's Ray launcher (the sweeper recognises it by its class name)."""
+    """Stands in for Hydra's Ray launcher, installed below as the plugin's module (the sweeper checks
+    isinstance against the class it imports from there)."""
 
     def __init__(self, init: dict):
         from omegaconf import OmegaConf
@@ -316,6 +317,9 @@ def test_ray_is_initialised_once_before_jobs_launch_from_threads(monkeypatch, in
     calls: list[dict] = []
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: bool(calls),
                                                                   init=lambda **kw: calls.append(kw)))
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_ray_launcher", types.ModuleType("hydra_ray_launcher"))
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_ray_launcher.ray_launcher",
+                        types.SimpleNamespace(RayLauncher=RayLauncher))
     sweeper = TrpoOptunaSweeperImpl.__new__(TrpoOptunaSweeperImpl)
     sweeper.launcher = RayLauncher(init)
     sweeper._start_ray_once()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from conftest import cli_env
-from trpo_lab.sweeper.storage import default_storage_url, open_storage
+from trpo_lab.sweeper.storage import TrialStore, default_storage_url, open_storage
 
 SPHERE = '''
 import hydra
@@ -356,3 +357,114 @@ def test_seeds_per_trial_needs_a_seed_key_and_directions_read_the_plugins_enum()
         TrpoOptunaSweeperImpl(seeds_per_trial=2)._check_settings()
     Direction = enum.Enum("Direction", "minimize maximize")  # the plugin's structured configs use one
     assert TrpoOptunaSweeperImpl(direction=[Direction.maximize, "minimize"]).directions == ["maximize", "minimize"]
+
+
+SLOW_APP = '''
+import os, time
+from pathlib import Path
+
+import hydra
+from trpo_lab.sweeper.job import current_trial
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def slow(cfg):
+    trial = current_trial()
+    Path(cfg.pids, str(os.getpid())).write_text(str(trial.number))
+    time.sleep(120)  # a long training run
+    return cfg.x
+
+slow()
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_jobs_stop_within_seconds_when_their_sweeper_is_killed(tmp_path, sig):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    app = write_app(tmp_path, SLOW_APP, f'''
+        defaults:
+          - override hydra/sweeper: trpo_optuna
+          - override hydra/launcher: joblib
+        hydra:
+          launcher: {{n_jobs: 2}}
+          sweeper:
+            study_name: slow
+            n_trials: 4
+            params:
+              x: interval(0, 1)
+        x: 0.5
+        pids: {pids}
+    ''')
+    sweeper = subprocess.Popen([sys.executable, str(app), "-m", f"hydra.sweep.dir={tmp_path / 's'}"],
+                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and len(list(pids.iterdir())) < 2:
+            time.sleep(0.3)
+        jobs = [int(p.name) for p in pids.iterdir()]
+        assert len(jobs) == 2 and sweeper.pid not in jobs, "the jobs did not start in their own processes"
+        os.kill(sweeper.pid, sig)
+        sweeper.wait(timeout=30)
+        deadline = time.time() + 30  # a generous bound: the jobs look at their sweeper every second
+        while time.time() < deadline and not all(_gone(j) for j in jobs):
+            time.sleep(0.3)
+        assert all(_gone(j) for j in jobs), "the jobs kept running after their sweeper died"
+    finally:
+        os.killpg(sweeper.pid, signal.SIGKILL)
+        sweeper.wait()
+
+
+RECORDING_APP = '''
+import hydra
+from trpo_lab.sweeper.job import current_trial
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def recording(cfg):
+    current_trial().record({"v": cfg.x})
+
+recording()
+'''
+
+
+def test_a_seed_finished_before_its_sweeper_died_is_kept_by_the_retry(tmp_path):
+    # Trial 0 was left RUNNING by a sweeper of this host that is gone, after its job had
+    # recorded its value (42, not the x the app would record): the rerun keeps that value.
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    url = default_storage_url(sweep_dir)
+    study = optuna.create_study(study_name="rec", storage=open_storage(url))
+    left = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    store = TrialStore(open_storage(url), "rec")
+    tid = store.trial_id(left.number)
+    store.set_attr(tid, "owner", f"{socket.gethostname()}:999999999:1")  # no such process
+    store.set_attr(tid, "job_seed0", 0)
+    store.set_attr(tid, "seed0", {"v": 42.0})
+    app = write_app(tmp_path, RECORDING_APP, '''
+        defaults:
+          - override hydra/sweeper: trpo_optuna
+        hydra:
+          sweeper:
+            study_name: rec
+            n_trials: 2
+            objectives: [v]
+            params:
+              x: interval(0, 1)
+        x: 0.5
+    ''')
+    r = run_app(app, f"hydra.sweep.dir={sweep_dir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = study_of(sweep_dir, "rec").trials
+    assert trials[0].state == TrialState.FAIL and "no longer running" in trials[0].user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    assert retry.state == TrialState.COMPLETE and retry.value == 42.0 and retry.params == trials[0].params
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
+    assert not (sweep_dir / "0" / ".hydra").exists(), "the finished seed ran again"

@@ -10,6 +10,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from trpo_lab.app import run
+from trpo_lab.checkpoint import CheckpointError
 from trpo_lab.config import ConfigError, register_configs, unknown_setting
 from trpo_lab.envs import EnvError
 from trpo_lab.trainer import DivergedError
@@ -94,7 +95,7 @@ def cli() -> None:
     sys.argv[1:] = integral_floats(sys.argv[1:])
     try:
         main()
-    except (ConfigError, EnvError, DivergedError) as err:
+    except (ConfigError, EnvError, DivergedError, CheckpointError) as err:
         if user_wants_traces:
             raise
         print(f"trpo_lab: error: a job failed: {' '.join(str(err).split())}", file=sys.stderr)

@@ -22,9 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from trpo_lab import metrics as M, resume
-from trpo_lab.checkpoint import checkpoint_path
+from trpo_lab.checkpoint import CheckpointError, checkpoint_path, has_checkpoint
 from trpo_lab.config import ConfigError, to_config, validate
-from trpo_lab.envs import EnvError
+from trpo_lab.envs import EnvError, raised_by_env
 from trpo_lab.loggers import failed_summary, write_json_atomic
 from trpo_lab.resume import RunDirInUse
 from trpo_lab.trainer import DivergedError, train
@@ -63,6 +63,9 @@ class OutputDirCheck(Callback):
     """Checks the output directory before Hydra creates it (its own failure is a traceback),
     and in a single run the config too, so a bad one leaves no directory behind.
 
+    It also takes the run directory's lock (resume.hold) before Hydra writes `.hydra/` there,
+    so a second run in a directory that a live run holds is refused having changed nothing.
+
     `trainer.resume=RUN_DIR` continues that run in RUN_DIR: the run directory
     becomes RUN_DIR, and Hydra writes no second `.hydra/` there (the run's own
     one says how it was started), so no empty time-stamped folder appears.
@@ -80,13 +83,19 @@ class OutputDirCheck(Callback):
             _fail(f"error: {err}", 2)
         if resume.resumes_from_path(cfg.trainer.resume):
             source = Path(cfg.trainer.resume).expanduser().absolute()
-            if not checkpoint_path(source).is_file():
+            if not has_checkpoint(source):
                 _fail(f"error: trainer.resume={cfg.trainer.resume!r} is invalid: no checkpoint at "
                       f"{checkpoint_path(source)}", 2)
             with open_dict(config.hydra), read_write(config.hydra):
                 config.hydra.run.dir = str(source)
                 config.hydra.output_subdir = None
         _check_output_dir("hydra.run.dir", config.hydra.run.dir)
+        # Lock the run directory now: Hydra writes .hydra/ (config, overrides) into it before
+        # the task runs, and a run refused by the lock must leave the live run's record alone.
+        try:
+            resume.hold(Path(config.hydra.run.dir))
+        except RunDirInUse as err:
+            _fail(f"failed: {err}", 1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
@@ -117,7 +126,7 @@ def _record_failure(run_dir: Path, env_id: str, err: BaseException, started: flo
 
 def _resume_hint(run_dir: Path) -> str:
     """How to continue an interrupted run: the exact command, or why there is nothing to continue."""
-    if checkpoint_path(run_dir).is_file():
+    if has_checkpoint(run_dir):
         return f"; continue it with: python -m trpo_lab trainer.resume={shlex.quote(str(run_dir.absolute()))}"
     return "; it stopped before its first checkpoint, so there is nothing to resume"
 
@@ -150,7 +159,7 @@ def run(dict_cfg: DictConfig) -> float:
         if multirun:
             raise
         _fail(f"failed: {err}", 1)
-    except (EnvError, DivergedError, OSError) as err:
+    except (EnvError, DivergedError, CheckpointError, OSError) as err:
         _record_failure(run_dir, env_id, err, started)
         if multirun:
             raise
@@ -159,6 +168,15 @@ def run(dict_cfg: DictConfig) -> float:
         if multirun:
             raise
         _fail(f"interrupted; outputs in {run_dir}{_resume_hint(run_dir)}", 130)
+    except Exception as err:  # the environment's own code raised (envs.CheckedEnv marks it): one line
+        call = raised_by_env(err)
+        if call is None:
+            raise
+        message = f"env.id={env_id!r} raised inside {call}: {type(err).__name__}: {err}"
+        _record_failure(run_dir, env_id, err, started)
+        if multirun:
+            raise EnvError(message) from err
+        _fail(f"failed: {' '.join(message.split())}; outputs in {run_dir}", 1)
     if reporter is not None:
         from trpo_lab.sweep_check import summary_values
 

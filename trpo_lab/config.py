@@ -270,6 +270,28 @@ def num_iterations(trainer: TrainerConfig) -> int:
     return max(1, math.ceil(trainer.total_steps / trainer.steps_per_iter))
 
 
+# Upper bounds on the settings that multiply the work of one iteration, so that a typo
+# (`trpo.cg_iters=100000`, `trpo.backtrack_iters=100000000`) is refused up front instead of
+# leaving a run stuck in its first iteration. Each is far above any setting in use:
+# - cg_iters: the papers and rl-zoo3 use 10-25 Fisher-vector products per update; past a few
+#   hundred the CG residual is at float32 round-off, so more only burns time (1000: 40x the default).
+# - backtrack_iters: the smallest step tried is backtrack_coeff**backtrack_iters of the full one;
+#   with the default 0.8, 200 backtracks reach 4e-20 of the first step, below float32 resolution.
+# - value_epochs: each is a full pass over the batch; 1000 is 50x the default 20.
+# - steps_per_iter: the batch (observations, actions, advantages, the value fit's copies) is held
+#   in memory several times over; 2**20 steps of Humanoid-v5's 348-dim observation are ~3 GB in float64.
+# - n_envs: each environment is an object (or a share of a worker process) of its own.
+# - policy_lag: a copy of the policy's parameters is kept per step of lag.
+MAX_CG_ITERS = 1000
+MAX_BACKTRACK_ITERS = 200
+MAX_VALUE_EPOCHS = 1000
+MAX_STEPS_PER_ITER = 2 ** 20
+MAX_ENVS = 1024
+MAX_POLICY_LAG = 1000
+MAX_EVAL_EPISODES = 10_000
+MAX_THREADS = 1024
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first key whose value is out of range."""
 
@@ -282,15 +304,18 @@ def validate(cfg: Config) -> None:
 
     t = cfg.trpo
     check(number(t.delta) and t.delta > 0, "trpo.delta", t.delta, "must be a finite number > 0")
-    check(t.cg_iters >= 1, "trpo.cg_iters", t.cg_iters, "must be an integer >= 1")
+    check(1 <= t.cg_iters <= MAX_CG_ITERS, "trpo.cg_iters", t.cg_iters,
+          f"must be an integer in [1, {MAX_CG_ITERS}]")
     check(number(t.cg_damping) and t.cg_damping >= 0, "trpo.cg_damping", t.cg_damping, "must be a finite number >= 0")
     check(number(t.gae_lambda) and 0 <= t.gae_lambda <= 1, "trpo.gae_lambda", t.gae_lambda, "must be in [0, 1]")
     check(number(t.gamma) and 0 <= t.gamma <= 1, "trpo.gamma", t.gamma, "must be in [0, 1]")
-    check(t.backtrack_iters >= 1, "trpo.backtrack_iters", t.backtrack_iters, "must be an integer >= 1")
+    check(1 <= t.backtrack_iters <= MAX_BACKTRACK_ITERS, "trpo.backtrack_iters", t.backtrack_iters,
+          f"must be an integer in [1, {MAX_BACKTRACK_ITERS}]")
     check(number(t.backtrack_coeff) and 0 < t.backtrack_coeff < 1, "trpo.backtrack_coeff", t.backtrack_coeff,
           "must be in (0, 1)")
     check(number(t.value_lr) and t.value_lr > 0, "trpo.value_lr", t.value_lr, "must be a finite number > 0")
-    check(t.value_epochs >= 0, "trpo.value_epochs", t.value_epochs, "must be an integer >= 0")
+    check(0 <= t.value_epochs <= MAX_VALUE_EPOCHS, "trpo.value_epochs", t.value_epochs,
+          f"must be an integer in [0, {MAX_VALUE_EPOCHS}]")
     check(t.value_minibatch >= 1, "trpo.value_minibatch", t.value_minibatch, "must be an integer >= 1")
     check(number(t.value_adam_eps) and t.value_adam_eps > 0, "trpo.value_adam_eps", t.value_adam_eps,
           "must be a finite number > 0")
@@ -307,12 +332,15 @@ def validate(cfg: Config) -> None:
 
     r = cfg.trainer
     check(r.total_steps >= 1, "trainer.total_steps", r.total_steps, "must be >= 1")
-    check(r.n_envs >= 1, "trainer.n_envs", r.n_envs, "must be >= 1")
+    check(1 <= r.n_envs <= MAX_ENVS, "trainer.n_envs", r.n_envs, f"must be in [1, {MAX_ENVS}]")
     check(r.steps_per_iter >= r.n_envs and r.steps_per_iter % r.n_envs == 0, "trainer.steps_per_iter",
           r.steps_per_iter, f"must be a positive multiple of trainer.n_envs={r.n_envs}")
+    check(r.steps_per_iter <= MAX_STEPS_PER_ITER, "trainer.steps_per_iter", r.steps_per_iter,
+          f"must be <= {MAX_STEPS_PER_ITER} (one batch is held in memory several times over)")
     check(r.vec_env in VEC_ENVS, "trainer.vec_env", r.vec_env, f"must be one of {VEC_ENVS}")
     check(r.collection in COLLECTIONS, "trainer.collection", r.collection, f"must be one of {COLLECTIONS}")
-    check(r.policy_lag >= 0, "trainer.policy_lag", r.policy_lag, "must be an integer >= 0")
+    check(0 <= r.policy_lag <= MAX_POLICY_LAG, "trainer.policy_lag", r.policy_lag,
+          f"must be an integer in [0, {MAX_POLICY_LAG}] (a copy of the policy is kept per step of lag)")
     check(r.rollout_workers is None or r.rollout_workers >= 1, "trainer.rollout_workers", r.rollout_workers,
           "must be null (one per core) or an integer >= 1")
     if r.collection == "async":
@@ -325,8 +353,9 @@ def validate(cfg: Config) -> None:
         check(r.vec_env == "sync", "trainer.vec_env", r.vec_env,
               "must be sync with trainer.collection=async (the rollout workers step the environments)")
     check(r.eval_every >= 0, "trainer.eval_every", r.eval_every, "must be >= 0 (0: evaluate at the end only)")
-    check(r.eval_episodes >= 1, "trainer.eval_episodes", r.eval_episodes, "must be >= 1")
-    check(r.threads >= 1, "trainer.threads", r.threads, "must be >= 1")
+    check(1 <= r.eval_episodes <= MAX_EVAL_EPISODES, "trainer.eval_episodes", r.eval_episodes,
+          f"must be in [1, {MAX_EVAL_EPISODES}]")
+    check(1 <= r.threads <= MAX_THREADS, "trainer.threads", r.threads, f"must be in [1, {MAX_THREADS}]")
     check(r.checkpoint_every >= 1, "trainer.checkpoint_every", r.checkpoint_every, "must be >= 1")
     check(r.objective in M.OBJECTIVES, "trainer.objective", r.objective, f"must be one of {M.OBJECTIVES}")
     check(r.resume is None or (isinstance(r.resume, str) and r.resume.strip() != ""), "trainer.resume", r.resume,

@@ -5,7 +5,8 @@ periodic and final evaluations call it, and so does this command.
 
 `python -m trpo_lab.evaluate RUN_DIR`: replay a trained policy from its checkpoint.
 
-Loads `RUN_DIR/checkpoints/last.pt` (`--checkpoint best`: `best.pt`, the policy
+Loads `RUN_DIR/checkpoints/last.pt` as data only (checkpoint.py; a damaged
+one falls back to `previous.pt` or is one line naming the file) (`--checkpoint best`: `best.pt`, the policy
 of the run's best evaluation; each holds the policy, its observation normaliser
 and the run's own config), runs N episodes seeded seed, seed+1, ..., and prints
 their mean and spread. Episodes are deterministic (the policy's mean or most
@@ -32,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from trpo_lab.actor import NumpyActor
-from trpo_lab.checkpoint import LAST, NAMES, checkpoint_path, load_checkpoint
+from trpo_lab.checkpoint import LAST, NAMES, CheckpointError, checkpoint_path, load_checkpoint
 from trpo_lab.config import Config, eval_seed, to_config
 from trpo_lab.envs import make_env
 from trpo_lab.loggers import write_json_atomic
@@ -212,7 +213,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"trpo_lab.evaluate: error: no checkpoint at {path}{why}", file=sys.stderr)
         return 2
     gl_problem = choose_mujoco_gl(want_video=not args.no_video)
-    cfg, agent, checkpoint = load_agent(args.run_dir, NAMES[args.checkpoint])
+    try:
+        cfg, agent, checkpoint = load_agent(args.run_dir, NAMES[args.checkpoint])
+    except CheckpointError as err:  # damaged, or not data we accept (checkpoint.py): one line, never a traceback
+        print(f"trpo_lab.evaluate: error: {err}", file=sys.stderr)
+        return 2
     seed = eval_seed(cfg.trainer) if args.seed is None else args.seed
     returns = episode_returns(cfg, agent, args.episodes, seed, args.stochastic)
     policy = "stochastic" if args.stochastic else "deterministic"

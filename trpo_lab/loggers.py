@@ -92,9 +92,13 @@ def _jsonable(value: Any) -> Any:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON so that a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2)
-        f.write("\n")
+    try:
+        with open(tmp, "w") as f:
+            json.dump({k: _jsonable(v) for k, v in data.items()}, f, indent=2)
+            f.write("\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written copy
+        raise
     os.replace(tmp, path)
 
 
@@ -208,7 +212,20 @@ class RunLogger:
                               resumed=initial_steps > 0)
         self.progress = ProgressBar(total_steps, cfg.trainer.progress, initial_steps)
 
+    def _check_metrics_file(self) -> None:
+        """Raise FileNotFoundError when metrics.jsonl was deleted or replaced while the run wrote it:
+        the rows before would be lost without a word, so the run fails (summary.json says why)."""
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            same = os.path.samestat(os.fstat(self.metrics_file.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise FileNotFoundError(f"{path} was deleted or replaced during the run, so its earlier rows are lost; "
+                                    "the checkpoints are kept (trainer.resume continues from the last one)")
+
     def log(self, row: dict[str, Any]) -> None:
+        self._check_metrics_file()
         self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self.metrics_file.flush()
         self.wandb.log(row)

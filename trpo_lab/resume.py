@@ -27,6 +27,12 @@ When a run resumes (`trainer.resume`):
 One run at a time writes in a run directory (`claim`): the same command
 started twice with a fixed hydra.run.dir (a job requeued while the first is
 still running) would otherwise interleave two runs' metrics and checkpoints.
+The command line takes that lock (`hold`) before Hydra writes `.hydra/`, so a
+refused run leaves the live run's record as it was.
+
+A checkpoint that does not load (checkpoint.py) falls back to the one before it
+with a warning, or ends the run in one line naming the file. A garbled row of
+metrics.jsonl is dropped on resume with a warning naming its line.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ from typing import Any, Iterator
 import torch
 
 from trpo_lab import metrics as M
-from trpo_lab.checkpoint import checkpoint_path, load_checkpoint
+from trpo_lab.checkpoint import checkpoint_path, has_checkpoint, load_checkpoint
 from trpo_lab.config import RESUME_MAY_CHANGE, Config, ConfigError, flat_config, is_under
 
 log = logging.getLogger(__name__)
@@ -53,20 +59,15 @@ LOCK_FILE = ".trpo_lab.lock"
 
 
 class RunDirInUse(OSError):
-    """Another live process is training in the run directory."""
+    """Another live run (in another process, or in this one) is training in the run directory."""
 
 
-@contextmanager
-def claim(run_dir: Path) -> Iterator[None]:
-    """Hold `run_dir` (created if need be) for this process while the block runs.
+_HELD: dict[Path, int] = {}  # run directories locked ahead by `hold`: resolved path -> the locked descriptor
+_CLAIMED: set[Path] = set()  # those of them a run is using now (in `claim`)
 
-    An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
-    The kernel drops it when its process exits, killed or not, so a dead run
-    never leaves the directory locked. Raises RunDirInUse while another
-    process holds it. On a file system that has no locks the run goes on
-    unguarded, with a warning. (Worker processes start from the forkserver, so none
-    of them inherits the lock.)
-    """
+
+def _lock(run_dir: Path) -> int:
+    """Create `run_dir` if need be and take the exclusive flock on run_dir/.trpo_lab.lock; its descriptor."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -83,6 +84,49 @@ def claim(run_dir: Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def hold(run_dir: Path) -> None:
+    """Lock `run_dir` now, for the run this process is about to start there (`claim` takes it over).
+
+    The command line calls this before Hydra writes the run's `.hydra/` (app.OutputDirCheck),
+    so a run refused by the lock changes nothing in the directory. The lock lasts until the
+    process exits. Raises RunDirInUse as `claim` does; holding a directory twice does nothing.
+    """
+    if Path(run_dir).resolve() in _HELD:
+        return
+    fd = _lock(run_dir)
+    _HELD[Path(run_dir).resolve()] = fd
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` (created if need be) for this process while the block runs.
+
+    An exclusive flock on run_dir/.trpo_lab.lock, which holds the owner's pid.
+    The kernel drops it when its process exits, killed or not, so a dead run
+    never leaves the directory locked. Raises RunDirInUse while another
+    run holds it, in another process or in this one. On a file system that has no locks the run
+    goes on unguarded, with a warning. (Worker processes start from the forkserver, so none
+    of them inherits the lock.) A directory locked ahead by `hold` is taken over, and stays locked.
+    """
+    key = Path(run_dir).resolve()
+    if key in _HELD:
+        if key in _CLAIMED:
+            raise RunDirInUse(f"{run_dir} is in use by another trpo_lab run (pid {os.getpid()}); wait for it "
+                              "to end, or give this one another hydra.run.dir")
+        _CLAIMED.add(key)
+        try:
+            yield
+        finally:
+            _CLAIMED.discard(key)
+        return
+    fd = _lock(run_dir)
+    try:
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -117,12 +161,12 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
     if mode in (None, NEVER):
         return cfg, run_dir, None
     if mode == AUTO:
-        if not checkpoint_path(run_dir).is_file():
+        if not has_checkpoint(run_dir):
             return cfg, run_dir, None
         source = Path(run_dir)
     else:
         source = Path(mode).expanduser()
-        if not checkpoint_path(source).is_file():
+        if not has_checkpoint(source):
             raise ConfigError(f"trainer.resume={mode!r} is invalid: no checkpoint at {checkpoint_path(source)}")
     checkpoint = load_checkpoint(source)
     if "training" not in checkpoint:
@@ -195,10 +239,12 @@ def truncate_metrics(run_dir: Path, last_iteration: int) -> int:
     if not path.is_file():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            log.warning("%s line %d is not a JSON row (a write cut short, or the file was edited); dropped it",
+                        path, number)
             dropped += 1
             continue
         if isinstance(row, dict) and row.get(M.ITERATION, 0) <= last_iteration:

@@ -20,12 +20,12 @@ import torch
 
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
-from trpo_lab.checkpoint import BEST, save_checkpoint
+from trpo_lab.checkpoint import BEST, CheckpointError, remove_temporaries, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
 from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env
 from trpo_lab.evaluate import episode_returns
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
-from trpo_lab.loggers import RunLogger
+from trpo_lab.loggers import RunLogger, failed_summary, write_json_atomic
 from trpo_lab.policies import Policy, ValueNet, make_policy
 from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
@@ -132,7 +132,13 @@ def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dic
     Raises resume.RunDirInUse, before touching anything there, when another
     run is writing in the run directory.
     """
-    cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
+    try:
+        cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
+    except CheckpointError as err:  # the run there cannot go on: its summary must not say "completed"
+        if err.run_dir is not None:
+            with resume.claim(err.run_dir):
+                _end_before_training(err.run_dir, cfg.env.id, err, None, None)
+        raise
     with resume.claim(run_dir), workers.blas_threads(cfg.trainer.threads):
         return _train(cfg, run_dir, checkpoint, on_eval)
 
@@ -145,28 +151,28 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
     generator = torch.Generator().manual_seed(tc.seed)
 
     T, N = steps_per_env(tc), tc.n_envs
-    collector = make_collector(cfg, T, N)
-    try:
+    iteration, env_steps = 0, 0
+    train_time, eval_return, eval_std, best_eval, wall_before = 0.0, float("nan"), float("nan"), float("-inf"), 0.0
+    collector = agent = None
+    try:  # everything from here on ends in summary.json, failures before the first iteration included
+        collector = make_collector(cfg, T, N)
         agent = build_agent(cfg, collector.observation_space, collector.action_space)
         if tc.vec_env == "subproc":  # the critic fit runs beside the policy update
             agent.value_fitter.use_worker(T * N, pc.value_epochs)
-    except BaseException:
-        collector.close()
+        episodes = collector.episodes
+        if checkpoint is None:
+            resume.start_fresh(run_dir)
+        else:
+            resume.truncate_metrics(run_dir, checkpoint["iteration"])
+            iteration, env_steps = checkpoint["iteration"], checkpoint["env_steps"]
+            counters = checkpoint["training"]["counters"]
+            train_time, best_eval, wall_before = counters["train_time"], counters["best_eval"], counters["wall_time"]
+        first_iteration = iteration + 1
+        logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}",
+                           initial_steps=env_steps)
+    except BaseException as err:
+        _end_before_training(run_dir, cfg.env.id, err, collector, agent)
         raise
-    episodes = collector.episodes
-
-    iteration, env_steps = 0, 0
-    train_time, eval_return, eval_std, best_eval, wall_before = 0.0, float("nan"), float("nan"), float("-inf"), 0.0
-    if checkpoint is None:
-        resume.start_fresh(run_dir)
-    else:
-        resume.truncate_metrics(run_dir, checkpoint["iteration"])
-        iteration, env_steps = checkpoint["iteration"], checkpoint["env_steps"]
-        counters = checkpoint["training"]["counters"]
-        train_time, best_eval, wall_before = counters["train_time"], counters["best_eval"], counters["wall_time"]
-    first_iteration = iteration + 1
-    logger = RunLogger(cfg, run_dir, tc.total_steps, run_name=f"{cfg.env.id}-seed{tc.seed}",
-                       initial_steps=env_steps)
 
     status, error = M.Status.FAILED, None
     start = time.perf_counter() - wall_before
@@ -288,8 +294,41 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
         summary[M.Summary.OBJECTIVE] = summary[tc.objective]
         if error is not None:
             summary[M.Summary.ERROR] = error
-        logger.finish(summary)
+        _write_summary(run_dir, summary, logger)
     return summary
+
+
+def _end_before_training(run_dir: Path, env_id: str, err: BaseException, collector, agent) -> None:
+    """The ending of a run that failed before its first iteration (an environment that cannot be
+    built or is not supported, a metrics.jsonl that cannot be written): close what was started and
+    record the failure in summary.json, replacing whatever summary an earlier run left there."""
+    if collector is not None:
+        collector.close()
+    if agent is not None:
+        agent.value_fitter.close()
+    status = M.Status.INTERRUPTED if isinstance(err, KeyboardInterrupt) else M.Status.FAILED
+    summary = failed_summary(env_id, f"{type(err).__name__}: {err}")
+    summary[M.Summary.STATUS] = status
+    _write_summary(run_dir, summary, None)
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any], logger: Optional[RunLogger]) -> None:
+    """Write summary.json (through the logger, which also closes wandb, when there is one).
+
+    Half-written temporaries (a checkpoint save cut short by a full disk) are removed
+    first, so the summary has room. If even the summary cannot be written, the
+    error is logged; it is raised only when the run itself had not already failed.
+    """
+    remove_temporaries(run_dir)
+    try:
+        if logger is not None:
+            logger.finish(summary)
+        else:
+            write_json_atomic(Path(run_dir) / "summary.json", summary)
+    except OSError as err:
+        log.error("could not write %s: %s", Path(run_dir) / "summary.json", err)
+        if summary[M.Summary.STATUS] == M.Status.COMPLETED:
+            raise
 
 
 def _checkpoint_state(cfg: Config, agent: Agent, iteration: int, env_steps: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from trpo_lab import metrics as M
 from trpo_lab.config import flat_config, is_bookkeeping
+from trpo_lab.sweeper.secrets import mask_text, mask_url
 
 
 
@@ -121,16 +122,14 @@ def _study_url(path: Path) -> Optional[str]:
 
 
 def load_studies(url: str) -> list[Any]:
-    """Every study in a storage ('journal:<file>' or an RDB URL), read with plain optuna."""
+    """Every study in a storage ('journal:<file>' or an RDB URL), opened as the sweeper opens it
+    (a garbled journal line is named, with its repair command; a password is masked in errors)."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+    from trpo_lab.sweeper.storage import open_storage
 
-        storage: Any = optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
-    else:
-        storage = url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
     names = optuna.get_all_study_names(storage=storage)
     return [optuna.load_study(study_name=name, storage=storage) for name in names]
 
@@ -143,10 +142,11 @@ def collect_inputs(paths: list[str]) -> Inputs:
         try:
             studies = load_studies(url)
         except Exception as err:
-            inputs.skipped.append((label, f"could not read the study storage: {type(err).__name__}: {err}"))
+            inputs.skipped.append((mask_url(label), mask_text(
+                f"could not read the study storage: {type(err).__name__}: {err}", url)))
             return
         if not studies:
-            inputs.skipped.append((label, "the storage holds no study"))
+            inputs.skipped.append((mask_url(label), "the storage holds no study"))
         inputs.studies.extend(studies)
 
     def add_run(path: Path) -> None:

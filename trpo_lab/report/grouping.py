@@ -9,6 +9,7 @@ legends stay short.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -17,6 +18,9 @@ import numpy as np
 
 from trpo_lab import metrics as M
 from trpo_lab.report.discovery import Run
+
+log = logging.getLogger(__name__)
+_WARNED_DELTA: set[str] = set()  # configurations already warned about a non-numeric trpo.delta
 
 # A label of the varying settings longer than this shows as its name alone in legends.
 SHORT_LABEL = 32
@@ -48,8 +52,19 @@ class Configuration:
 
     @property
     def delta(self) -> Optional[float]:
+        """trpo.delta of the configuration; None without one, or when the run's .hydra holds
+        something that is not a number (hand-edited, or another program's run): no guide line then."""
         value = self.runs[0].settings.get("trpo.delta")
-        return float(value) if value is not None else None
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            if self.name not in _WARNED_DELTA:
+                _WARNED_DELTA.add(self.name)
+                log.warning("%s: trpo.delta=%r in %s is not a number; drawn without its delta", self.name, value,
+                            self.runs[0].path)
+            return None
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:

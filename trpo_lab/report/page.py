@@ -17,6 +17,7 @@ from trpo_lab.report.discovery import collect_inputs
 from trpo_lab.report.grouping import Configuration, by_env, by_name, fmt, group_runs, score_matrices
 from trpo_lab.report.studies import study_section
 from trpo_lab.report.tables import final_return_html, final_return_rows, final_return_text, num, table
+from trpo_lab.sweeper.secrets import mask_url
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
@@ -172,7 +173,7 @@ def build_report(paths: list[str], out: Path, title: Optional[str] = None, png: 
     for name in versus or ():
         _find(name, configs)  # an unknown name fails before anything is drawn
     body: list[str] = []
-    title = title or "trpo_lab report: " + ", ".join(paths)
+    title = title or "trpo_lab report: " + ", ".join(mask_url(p) for p in paths)  # no storage password
     body.append(f"<h1>{html.escape(title)}</h1>")
     n_settings = len(by_name(configs))
     body.append(f"<p>{len(inputs.runs)} run(s) in {len(configs)} configuration(s) ({n_settings} setting(s) "
@@ -285,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if not result["written"]:
         print(f"trpo_lab.report: error: nothing to report (no run directory or study among "
-              f"{' '.join(args.paths)}); wrote nothing", file=sys.stderr)
+              f"{' '.join(mask_url(p) for p in args.paths)}); wrote nothing", file=sys.stderr)
         return 1
     if result["table"]:
         path, text = result["table"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import io
 import logging
 import math
 import os
@@ -53,14 +54,16 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 from optuna.trial import TrialState
 
-from trpo_lab.sweeper.job import PRUNE_REQUESTED, PRUNER_ATTR, job_env, seed_attr
+from trpo_lab.sweeper.job import PRUNE_REQUESTED, PRUNER_ATTR, PrunerError, job_env, pruner_spec, seed_attr
+from trpo_lab.sweeper.journal import JournalCorrupt
 from trpo_lab.sweeper.liveness import HEARTBEAT, OWNER, BudgetLock, Heartbeat, owner_id, stale_reason
 from trpo_lab.sweeper.results import counts_toward_budget, value_names, write_results
 from trpo_lab.sweeper.search_space import SearchSpace, override_value, parse_search_space
-from trpo_lab.sweeper.storage import default_storage_url, open_storage
+from trpo_lab.sweeper.secrets import STORAGE_ENV, has_secret, mask_text, mask_url
+from trpo_lab.sweeper.storage import StorageError, TrialStore, default_storage_url, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +121,12 @@ class TrpoOptunaSweeperImpl:
         self.heartbeat_interval = float(heartbeat_interval)
         self.grace_period = float(grace_period)
         self.owner = owner_id()
+        self.pruner: dict[str, Any] = {}  # pruner_spec of pruner, from _check_settings
         self.heartbeat: Optional[Heartbeat] = None
         self.budget_lock: Optional[BudgetLock] = None
         self.job_base, self.job_stride = 0, 1
         self._seen_trials = 0  # trials in the study after this sweeper's last ask
-        self.storage: Optional[optuna.storages.BaseStorage] = None  # the study's, from _open_study
-        self.study_id: Optional[int] = None
+        self.store: Optional[TrialStore] = None  # the study's trials by storage id, from _open_study
         self.config: Optional[DictConfig] = None
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
@@ -173,17 +176,42 @@ class TrpoOptunaSweeperImpl:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         storage_url = self.storage_url or default_storage_url(sweep_dir)
+        self._keep_secret(storage_url)
         self._claim_dir(sweep_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self._open_study(storage_url, arguments, base_args, space)
-        self.budget_lock = BudgetLock(storage_url, self.study_name)
-        with self.budget_lock():
-            self._fail_stale(study)
-        self.heartbeat = Heartbeat(open_storage(storage_url), self.heartbeat_interval).start()
+        try:
+            study = self._open_study(storage_url, arguments, base_args, space)
+            self.budget_lock = BudgetLock(storage_url, self.study_name)
+            with self.budget_lock():
+                self._fail_stale(study)
+            self.heartbeat = Heartbeat(TrialStore(open_storage(storage_url), self.study_name),
+                                       self.heartbeat_interval).start()
+        except (StorageError, JournalCorrupt) as err:
+            raise SweepError(str(err)) from None
         try:
             return self._run(study, storage_url, space, base_args, sweep_dir)
+        except (StorageError, JournalCorrupt) as err:
+            raise SweepError(str(err)) from None
         finally:
             self.heartbeat.stop()
+
+    def _keep_secret(self, url: str) -> None:
+        """Keep the storage URL's password in this process: masked in the config every job composes
+        (its .hydra files, multirun.yaml) and in sys.argv (wandb records it); the jobs' processes get
+        the real URL in STORAGE_ENV (storage.job_storage_url)."""
+        if not has_secret(url):
+            return
+        os.environ[STORAGE_ENV] = url
+        masked = mask_url(url)
+        hydra = self.config.hydra
+        with open_dict(hydra), read_write(hydra):
+            hydra.sweeper.storage = masked
+            kept = [mask_text(o, url) for o in hydra.overrides.hydra
+                    if not o.lstrip("+~").startswith("hydra.sweeper.storage=")]
+            # As an override, so the masked URL also replaces one a config file gave.
+            hydra.overrides.hydra = kept + [f"hydra.sweeper.storage={override_value(masked)}"]
+            hydra.overrides.task = [mask_text(o, url) for o in hydra.overrides.task]
+        sys.argv[:] = [mask_text(a, url) for a in sys.argv]
 
     # ---- checks before any job runs ------------------------------------------------------
     def _check_settings(self) -> None:
@@ -205,8 +233,11 @@ class TrpoOptunaSweeperImpl:
         if self.objectives is not None and len(self.directions) != len(self.objectives):
             raise SweepError(f"hydra.sweeper.direction has {len(self.directions)} entries but "
                              f"hydra.sweeper.objectives has {len(self.objectives)}: give one direction per objective")
-        pruner_target = str((self.pruner_cfg or {}).get("_target_", "NopPruner"))
-        if len(self.directions) > 1 and not pruner_target.endswith("NopPruner"):
+        try:
+            self.pruner = pruner_spec(_plain(self.pruner_cfg))
+        except PrunerError as err:
+            raise SweepError(f"hydra.sweeper.pruner: {err}") from None
+        if len(self.directions) > 1 and self.pruner["name"] != "NopPruner":
             log.info("a multi-objective study: Optuna cannot prune it, so no job is pruned")
 
     def _check_composes(self, space: SearchSpace, base_args: list[str]) -> None:
@@ -244,24 +275,26 @@ class TrpoOptunaSweeperImpl:
     # ---- the study -----------------------------------------------------------------------
     def _open_study(self, storage_url: str, arguments: list[str], base_args: list[str],
                     space: SearchSpace) -> optuna.Study:
+        shown = mask_url(storage_url)
+        if storage_url.startswith("sqlite"):
+            log.warning("SQLite storage is not safe for parallel jobs (Optuna FAQ); prefer the default journal file")
         storage = open_storage(storage_url)
         try:
             study = optuna.create_study(study_name=self.study_name, storage=storage,
                                         directions=self.directions, load_if_exists=True)
         except ValueError as err:
-            raise SweepError(f"cannot open study {self.study_name!r} in {storage_url}: {err}") from None
-        # Trial user attributes are written by trial id through the storage, which Optuna's
-        # Study and Trial keep private: the sweeper keeps its own handles.
-        self.storage, self.study_id = storage, storage.get_study_id_from_name(self.study_name)
+            raise SweepError(mask_text(f"cannot open study {self.study_name!r} in {shown}: {err}",
+                                       storage_url)) from None
+        self.store = TrialStore(storage, self.study_name)
         # A seeded sampler restarted on resume would propose the first run's points again:
         # offset its seed by the trials the study already holds (still repeatable).
         self._seen_trials = len(study.get_trials(deepcopy=False))
         study.sampler = self._sampler(space, seed_offset=self._seen_trials)
         if [d.name.lower() for d in study.directions] != self.directions:
-            raise SweepError(f"study {self.study_name!r} in {storage_url} was created with directions "
+            raise SweepError(f"study {self.study_name!r} in {shown} was created with directions "
                              f"{[d.name.lower() for d in study.directions]}, not {self.directions}; "
                              "pick another hydra.sweeper.study_name")
-        self._check_fixed(study, storage_url, base_args)
+        self._check_fixed(study, shown, base_args)
         old_args = study.user_attrs.get("arguments")
         if old_args is not None and sorted(old_args) != sorted(arguments):
             log.warning("resuming study %r, started with other overrides (%s); now: %s",
@@ -269,10 +302,9 @@ class TrpoOptunaSweeperImpl:
         study.set_user_attr("arguments", list(arguments))
         study.set_user_attr("objectives", value_names(self.objectives, len(self.directions)))
         study.set_user_attr("seeds_per_trial", self.seeds_per_trial)
-        study.set_user_attr(PRUNER_ATTR, OmegaConf.to_container(self.pruner_cfg, resolve=True)
-                            if isinstance(self.pruner_cfg, DictConfig) else self.pruner_cfg)
+        study.set_user_attr(PRUNER_ATTR, self.pruner)  # data, not a config to instantiate (job.py)
         self._job_numbering(study)
-        log.info("study %r in %s: %d trials so far", self.study_name, storage_url, len(study.trials))
+        log.info("study %r in %s: %d trials so far", self.study_name, shown, len(study.trials))
         return study
 
     def _check_fixed(self, study: optuna.Study, storage_url: str, base_args: list[str]) -> None:
@@ -305,10 +337,6 @@ class TrpoOptunaSweeperImpl:
             raise SweepError(f"study {self.study_name!r} was started with hydra.sweeper.seeds_per_trial="
                              f"{self.job_stride}, which fixes its job numbering; keep it at most that, or pick "
                              "another hydra.sweeper.study_name")
-
-    def _trial_id(self, number: int) -> int:
-        """The storage's id of trial `number` of the study."""
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
     def _job_number(self, number: int, seed: int) -> int:
         return self.job_base + number * self.job_stride + seed
@@ -344,15 +372,28 @@ class TrpoOptunaSweeperImpl:
             if why is None:
                 live += 1
             else:
-                _fail_interrupted(study, self.storage, t.number, self._trial_id(t.number), t.params,
-                                  f"stale: {why}")
+                _fail_interrupted(study, self.store, t.number, self.store.trial_id(t.number), t.params,
+                                  f"stale: {why}", self._recorded_seeds(t))
         return live
+
+    def _recorded_seeds(self, t: optuna.trial.FrozenTrial) -> dict[str, dict[str, Any]]:
+        """{seed: outcome} of the seeds of a stale trial whose jobs finished and recorded their values
+        (hydra.sweeper.objectives) before their sweeper died: its retry keeps them instead of re-running."""
+        if self.objectives is None or t.user_attrs.get(PRUNE_REQUESTED):
+            return {}  # a returned value dies with the sweeper that was told it
+        out = {}
+        for seed in range(self.seeds_per_trial):
+            values, error = _recorded_values(t.user_attrs.get(seed_attr(seed)), self.objectives)
+            job = t.user_attrs.get(JOB_ATTR.format(seed))
+            if not error and job is not None and all(math.isfinite(v) for v in values):
+                out[str(seed)] = {"status": "completed", "values": values, "job": job}
+        return out
 
     def _release_own(self, study: optuna.Study, open_trials: dict[int, "_OpenTrial"], why: str) -> None:
         """Fail this sweeper's open trials as interrupted and re-queue them (other sweepers' are theirs)."""
         for ot in list(open_trials.values()):
             done = {str(k): v for k, v in ot.results.items() if v["status"] == "completed"}
-            _fail_interrupted(study, self.storage, ot.trial.number, ot.trial_id, ot.trial.params, why, done)
+            _fail_interrupted(study, self.store, ot.trial.number, ot.trial_id, ot.trial.params, why, done)
             self.heartbeat.remove(ot.trial_id)
 
     def _ask(self, study: optuna.Study, space: SearchSpace, n_trials: int
@@ -368,7 +409,7 @@ class TrpoOptunaSweeperImpl:
             live = self._fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             mine = self.heartbeat.ids()
-            others = sum(t.state == TrialState.RUNNING and self._trial_id(t.number) not in mine for t in trials)
+            others = sum(t.state == TrialState.RUNNING and self.store.trial_id(t.number) not in mine for t in trials)
             used = sum(counts_toward_budget(t) for t in trials) + live
             if used >= n_trials:
                 return None, None, others
@@ -379,16 +420,16 @@ class TrpoOptunaSweeperImpl:
                 study.sampler = self._sampler(space, seed_offset=n)
             trial = study.ask(space.distributions)
             self._seen_trials = n if trial.number < n else n + 1  # a re-queued trial adds none
-            trial_id = self._trial_id(trial.number)
-            self.storage.set_trial_user_attr(trial_id, OWNER, self.owner)
-            self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+            trial_id = self.store.trial_id(trial.number)
+            self.store.set_attr(trial_id, OWNER, self.owner)
+            self.store.set_attr(trial_id, HEARTBEAT, time.time())
             self.heartbeat.add(trial_id)
             return trial, trial_id, others
 
     # ---- the scheduling loop -------------------------------------------------------------
     def _slots(self) -> tuple[int, bool]:
         """(parallel jobs, whether to use threads): the basic launcher runs jobs here, one at a time."""
-        basic = type(self.launcher).__name__ == "BasicLauncher"
+        basic = isinstance(self.launcher, _launcher_class("basic"))
         n = self.n_jobs
         if n is None:
             n = int(self.config.hydra.launcher.get("n_jobs", 1) or 1)
@@ -405,7 +446,7 @@ class TrpoOptunaSweeperImpl:
         from two threads at once both call it, and the second fails ("Perhaps you
         called ray.init twice by accident?"), failing its trial.
         """
-        if type(self.launcher).__name__ != "RayLauncher" or getattr(self.launcher, "ray_cfg", None) is None:
+        if not isinstance(self.launcher, _launcher_class("ray")) or getattr(self.launcher, "ray_cfg", None) is None:
             return
         import ray
 
@@ -451,7 +492,7 @@ class TrpoOptunaSweeperImpl:
                                 self._extend(self.config, trial)
                         except Exception as err:  # the user's function: this trial fails, the sweep goes on
                             self._record_failure(trial.number, err)
-                            self.storage.set_trial_user_attr(trial_id, FAIL_REASON, f"custom_search_space: {err}")
+                            self.store.set_attr(trial_id, FAIL_REASON, f"custom_search_space: {err}")
                             _tell_study(study, trial.number, state=TrialState.FAIL)
                             self.heartbeat.remove(trial_id)
                             stop_reason = stop_reason or self._too_many_failures(study, n_trials)
@@ -472,7 +513,7 @@ class TrpoOptunaSweeperImpl:
                         continue
                     job_num = self._job_number(number, seed)
                     try:
-                        self.storage.set_trial_user_attr(ot.trial_id, JOB_ATTR.format(seed), job_num)
+                        self.store.set_attr(ot.trial_id, JOB_ATTR.format(seed), job_num)
                     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another sweeper
                         log.warning("trial %d was finished elsewhere; not starting its seed %d", number, seed)
                         ot.doomed = "failed"
@@ -559,7 +600,7 @@ class TrpoOptunaSweeperImpl:
         for seed, outcome in carried.items():
             ot.results[int(seed)] = outcome
             if outcome.get("job") is not None:
-                self.storage.set_trial_user_attr(ot.trial_id, JOB_ATTR.format(seed), outcome["job"])
+                self.store.set_attr(ot.trial_id, JOB_ATTR.format(seed), outcome["job"])
         if carried:
             log.info("trial %d keeps seed(s) %s of the trial it retries", ot.trial.number, sorted(carried))
 
@@ -567,7 +608,8 @@ class TrpoOptunaSweeperImpl:
                          tags: Optional[list[str]]) -> list[str]:
         """What ties a job to its trial: environment variables for job.py, the seed, the wandb grouping."""
         trial = ot.trial
-        env = job_env(storage_url, self.study_name, trial.number, ot.trial_id, seed, self.seeds_per_trial)
+        env = job_env(mask_url(storage_url), self.study_name, trial.number, ot.trial_id, seed,
+                      self.seeds_per_trial, self.owner)
         out = [f"++hydra.job.env_set.{k}={override_value(v)}" for k, v in env.items()]
         if self.seed_key:
             out.append(f"{self.seed_key}={base_seed + seed}")
@@ -592,9 +634,9 @@ class TrpoOptunaSweeperImpl:
             return {"status": "failed", "launcher": True,
                     "error": f"launcher error: {type(outcome).__name__}: {first}"}
         assert isinstance(outcome, JobReturn)
-        attrs = self.storage.get_trial(trial_id).user_attrs
+        attrs = self.store.get(trial_id).user_attrs
         if outcome.status != JobStatus.COMPLETED:
-            err = outcome._return_value
+            err = _job_error(outcome)
             if isinstance(err, optuna.TrialPruned):  # the job stopped itself the Optuna way
                 return {"status": "pruned"}
             return {"status": "failed", "error": f"{type(err).__name__}: {err}", "exception": err}
@@ -609,14 +651,14 @@ class TrpoOptunaSweeperImpl:
         bad = [n for n, v in zip(value_names(self.objectives, len(values)), values) if not math.isfinite(v)]
         if bad:
             return {"status": "failed", "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
-        return {"status": "completed", "values": values, "job": self._job_number(self.storage.get_trial(
+        return {"status": "completed", "values": values, "job": self._job_number(self.store.get(
             trial_id).number, seed)}
 
     def _tell(self, study: optuna.Study, ot: _OpenTrial) -> Optional[TrialState]:
         try:
             return self._tell_outcome(study, ot)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
-            if not self.storage.get_trial(ot.trial_id).state.is_finished():
+            if not self.store.get(ot.trial_id).state.is_finished():
                 raise
             log.warning("trial %d was already finished elsewhere (failed as stale?); its runs' outputs stay "
                         "in their folders", ot.trial.number)
@@ -630,10 +672,10 @@ class TrpoOptunaSweeperImpl:
                 and ot.trial.user_attrs.get(RETRY_OF) is None:
             # The launcher lost the job (a killed worker or node; joblib then loses every job of
             # its pool): not the trial's fault, so it is re-run once, like an interrupted one.
-            _fail_interrupted(study, self.storage, number, tid, ot.trial.params, "; ".join(errors))
+            _fail_interrupted(study, self.store, number, tid, ot.trial.params, "; ".join(errors))
             return TrialState.FAIL
         if errors:
-            self.storage.set_trial_user_attr(tid, FAIL_REASON, "; ".join(errors))
+            self.store.set_attr(tid, FAIL_REASON, "; ".join(errors))
             _tell_study(study, number, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", number, "; ".join(errors))
             return TrialState.FAIL
@@ -644,11 +686,22 @@ class TrpoOptunaSweeperImpl:
         per_seed = [r["values"] for r in results]
         means = [sum(v[j] for v in per_seed) / len(per_seed) for j in range(len(self.directions))]
         names = value_names(self.objectives, len(self.directions))
-        self.storage.set_trial_user_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
+        self.store.set_attr(tid, "seed_values", {o: [v[j] for v in per_seed]
                                                              for j, o in enumerate(names)})
         _tell_study(study, number, means)
         log.info("trial %d: %s", number, ", ".join(f"{o}={m:.4g}" for o, m in zip(names, means)))
         return TrialState.COMPLETE
+
+
+def _job_error(ret: JobReturn) -> BaseException:
+    """The exception a failed job raised: JobReturn.return_value re-raises it (public API), after
+    writing "Error executing job with overrides" to stderr, which the sweeper reports its own way."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            value = ret.return_value
+    except BaseException as err:
+        return err
+    return RuntimeError(f"the job ended {ret.status.name} and returned {value!r}")
 
 
 def _tell_study(study: optuna.Study, number: int, values: Optional[Sequence[float]] = None,
@@ -656,12 +709,13 @@ def _tell_study(study: optuna.Study, number: int, values: Optional[Sequence[floa
     """study.tell, tolerating GridSampler's `study.stop()` once its grid is used up.
 
     Optuna stores the trial's state before that call raises (outside `optimize`
-    it may not be called); the sweeper stops by itself when n_trials is reached.
+    it may not be called): a RuntimeError after which the trial is finished is
+    that one; the sweeper stops by itself when n_trials is reached.
     """
     try:
         study.tell(number, values, state=state)
-    except RuntimeError as err:
-        if "Study.stop" not in str(err):
+    except RuntimeError:
+        if not study.get_trials(deepcopy=False)[number].state.is_finished():
             raise
 
 
@@ -692,25 +746,41 @@ def _sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _fail_interrupted(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int, trial_id: int,
+def _fail_interrupted(study: optuna.Study, store: TrialStore, number: int, trial_id: int,
                       params: dict, why: str, carried: Optional[dict[str, Any]] = None) -> None:
-    if storage.get_trial(trial_id).state != TrialState.RUNNING:
+    if store.get(trial_id).state != TrialState.RUNNING:
         return  # told just before the interruption: it stands as it is
     try:
-        storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
-        storage.set_trial_user_attr(trial_id, FAIL_REASON, why)
+        store.set_attr(trial_id, INTERRUPTED, True)
+        store.set_attr(trial_id, FAIL_REASON, why)
         _tell_study(study, number, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         return  # finished meanwhile: nothing to re-queue
     attrs: dict[str, Any] = {RETRY_OF: number}
     if carried:  # seeds that finished: the retry keeps them, and their evaluations for the pruner
         attrs[CARRIED] = {k: {n: v for n, v in o.items() if n != "exception"} for k, o in carried.items()}
-        old = storage.get_trial(trial_id).user_attrs
+        old = store.get(trial_id).user_attrs
         attrs.update({k: v for k, v in old.items()
                       if any(k == seed_attr(int(s)) or k.endswith(f"/seed{s}") for s in carried)})
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
     log.warning("trial %d: %s; re-queued with the same parameters%s", number, why,
                 f", keeping finished seed(s) {sorted(int(s) for s in carried)}" if carried else "")
+
+
+def _launcher_class(which: str) -> tuple[type, ...]:
+    """Hydra's basic launcher or the Ray launcher plugin's class, for isinstance; () when not installed.
+
+    Hydra exports BasicLauncher only from hydra._internal (no public path); the
+    Ray launcher is an optional plugin.
+    """
+    try:
+        if which == "basic":
+            from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+            return (BasicLauncher,)
+        from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
+        return (RayLauncher,)
+    except ImportError:
+        return ()
 
 
 def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:

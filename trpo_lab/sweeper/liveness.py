@@ -15,7 +15,7 @@ older version of the sweeper, or by a sweeper killed between ask and stamp).
 
 The budget lock serialises "count the study's trials, ask one more if there is
 room" between sweepers, so `n_trials` is exact however many run at once: a file
-lock next to the journal (storage.FlockLock: never stale after kill -9), an advisory lock
+lock next to the journal (journal.FlockLock: never stale after kill -9), an advisory lock
 in PostgreSQL (`pg_advisory_lock`) or MySQL (`GET_LOCK`), a file lock next to an
 SQLite file.
 """
@@ -34,7 +34,9 @@ from typing import Iterator, Optional
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from trpo_lab.sweeper.storage import JOURNAL_PREFIX, FlockLock
+from trpo_lab.sweeper.journal import FlockLock
+from trpo_lab.sweeper.secrets import mask_text, mask_url
+from trpo_lab.sweeper.storage import JOURNAL_PREFIX, StorageError, TrialStore
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,8 @@ def stale_reason(t: FrozenTrial, grace_period: float, me: str, now: Optional[flo
 class Heartbeat:
     """A daemon thread stamping `heartbeat` on the trials this sweeper has open."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, interval: float):
-        self.storage, self.interval = storage, float(interval)
+    def __init__(self, store: TrialStore, interval: float):
+        self.store, self.interval = store, float(interval)
         self._ids: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -133,7 +135,7 @@ class Heartbeat:
                 ids = list(self._ids)
             for tid in ids:
                 try:
-                    self.storage.set_trial_user_attr(tid, HEARTBEAT, time.time())
+                    self.store.set_attr(tid, HEARTBEAT, time.time())
                 except optuna.exceptions.UpdateFinishedTrialError:
                     self.remove(tid)
                 except Exception as err:  # a storage hiccup must not end the heartbeat
@@ -186,7 +188,13 @@ class BudgetLock:
             self._engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
         pg = self.url.startswith("postgresql")
         key = _lock_key(self.study_name)
-        with self._engine.connect() as conn:  # the lock dies with the connection if this process does
+        try:
+            conn = self._engine.connect()
+        except sa.exc.SQLAlchemyError as err:  # the server went away since the study was opened
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise StorageError(mask_text(f"the budget lock cannot reach {mask_url(self.url)}: "
+                                         f"{type(err).__name__}: {first}", self.url)) from None
+        with conn:  # the lock dies with the connection if this process does
             if pg:
                 conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
             else:

@@ -1,72 +1,106 @@
-"""Where a study lives: a journal file on one machine, an RDB URL across machines.
+"""Where a study lives, and the one door to Optuna's storage layer.
 
-The same string opens the storage in the sweeper and in every job, so it is
-passed to jobs in their TRPO_OPTUNA_TRIAL variable (job.py):
+The same string opens the storage in the sweeper and in every job (job.py):
 
     journal:/abs/path/optuna.journal   JournalStorage over a local file (default;
                                        safe for parallel processes, no server)
     postgresql://user:pw@host/db       any SQLAlchemy URL (RDBStorage)
+
+Secrets: a URL's password never leaves the process given it (secrets.py,
+docs/scaling.md); `job_storage_url` gives a job the real URL back.
+
+Why the storage layer at all: Optuna's public API (Study, Trial) reaches a trial
+only inside the process that asked it, by number. The sweeper and its jobs are
+other processes (other machines) that write user attributes on a trial and
+report to it by its storage id, which only `BaseStorage` offers, and Optuna
+documents its methods as library-internal ("not supposed to be directly accessed
+by library users"). `TrialStore` holds every such call, so an Optuna release
+that changes them breaks this file alone; pyproject bounds Optuna to the
+tested major.
+
+The journal file itself, its lock, its torn-line cut and its repair: journal.py.
 """
 from __future__ import annotations
 
-import fcntl
 import os
-import threading
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
+
+from trpo_lab.sweeper.journal import CheckedJournalFile, JournalCorrupt
+from trpo_lab.sweeper.secrets import MASK, STORAGE_ENV, has_secret, mask_text, mask_url
 
 JOURNAL_PREFIX = "journal:"
 JOURNAL_NAME = "optuna.journal"
 
 
-class FlockLock:
-    """An inter-process lock held with flock(2) on the file `lock_path`.
-
-    Implements the acquire/release protocol JournalFileBackend calls its lock
-    with; it guards the journal (`<journal>.flock`) and the sweepers' budget
-    (`<journal>.budget`, see liveness.BudgetLock).
-
-    The kernel drops a flock when its holder dies, even by kill -9, so a killed
-    job never leaves a stale lock behind. Optuna's default symlink lock can: and
-    when Ctrl-C reaches a process that is still waiting for it, its release
-    renames away the lock another process holds (two writers at once). flock
-    works on local disks; across machines use an RDB URL.
-    """
-
-    def __init__(self, lock_path: str):
-        self._path = lock_path
-        self._held = threading.local()  # the descriptor this thread holds the lock through
-
-    def acquire(self) -> bool:
-        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:  # interrupted while waiting: we hold nothing, release nothing
-            os.close(fd)
-            raise
-        self._held.fd = fd
-        return True
-
-    def release(self) -> None:
-        fd = getattr(self._held, "fd", None)
-        self._held.fd = None
-        if fd is not None:
-            os.close(fd)  # closing the last descriptor drops the flock
+class StorageError(RuntimeError):
+    """The storage cannot be opened or read; the message names it (password masked) and what to do."""
 
 
+# ---- opening ----------------------------------------------------------------------------------
 def default_storage_url(sweep_dir: Path) -> str:
     return JOURNAL_PREFIX + str((Path(sweep_dir) / JOURNAL_NAME).absolute())
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """Open the storage that `url` names (see the module docstring for the forms)."""
-    if url.startswith(JOURNAL_PREFIX):
-        path = Path(url[len(JOURNAL_PREFIX):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(path), lock_obj=FlockLock(f"{path}.flock"))
-        return optuna.storages.JournalStorage(backend)
-    if url.startswith("sqlite"):
-        optuna.logging.get_logger(__name__).warning(
-            "SQLite storage is not safe for parallel jobs (Optuna FAQ); prefer the default journal file")
-    return optuna.storages.RDBStorage(url)
+    """Open the storage that `url` names (see the module docstring for the forms).
+
+    StorageError, one line with the password masked, when it cannot be opened
+    (a wrong password, no server); JournalCorrupt for a garbled journal line.
+    """
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            path = Path(url[len(JOURNAL_PREFIX):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(CheckedJournalFile(str(path)))
+        return optuna.storages.RDBStorage(url)
+    except JournalCorrupt:
+        raise
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise StorageError(mask_text(f"cannot open the study storage {mask_url(url)}: "
+                                     f"{type(err).__name__}: {first}", url)) from None
+
+
+def job_storage_url(url: str) -> str:
+    """The URL a job opens: `url` itself, or, where the sweeper masked it, the real one from STORAGE_ENV."""
+    if MASK not in url or has_secret(url):
+        return url
+    real = os.environ.get(STORAGE_ENV, "")
+    if real and mask_url(real) == url:
+        return real
+    raise StorageError(f"the storage URL {url} reached this job with its password masked and {STORAGE_ENV} does "
+                       "not hold it (a launcher that does not pass the sweeper's environment): give the password "
+                       "outside the URL, e.g. PGPASSFILE or ~/.pgpass (docs/scaling.md)")
+
+
+# ---- Optuna's storage layer -------------------------------------------------------------------
+class TrialStore:
+    """One study's trials by storage id: the calls Optuna's public API does not offer (module docstring)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, study_name: str):
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(study_name)
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of trial `number` (the public API has only the number)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def get(self, trial_id: int) -> FrozenTrial:
+        return self.storage.get_trial(trial_id)
+
+    def set_attr(self, trial_id: int, key: str, value: Any) -> None:
+        """A user attribute on a trial this process did not ask (Trial.set_user_attr needs the asking Trial)."""
+        self.storage.set_trial_user_attr(trial_id, key, value)
+
+    @staticmethod
+    def live_trial(study: optuna.Study, trial_id: int) -> optuna.trial.Trial:
+        """A Trial handle on a RUNNING trial asked elsewhere, for report/should_prune in a job.
+
+        Trial(study, trial_id) is Optuna's own constructor, documented only for
+        the Trial that Study.ask returns.
+        """
+        return optuna.trial.Trial(study, trial_id)
