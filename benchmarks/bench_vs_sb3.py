@@ -71,7 +71,7 @@ def zoo_config(env_id: str, *overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from trpo_lab.config import register_configs, to_config
+    from trpo_lab.config import register_configs, to_config, validate
 
     conf = REPO / "trpo_lab" / "conf"
     register_configs()
@@ -80,7 +80,9 @@ def zoo_config(env_id: str, *overrides: str):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose(config_name="config", overrides=[f"experiment={preset.stem}", *overrides])
         if cfg.env.id == env_id:
-            return to_config(cfg), preset.stem
+            typed = to_config(cfg)
+            validate(typed)
+            return typed, preset.stem
     raise SystemExit(f"no experiment=zoo_* preset for {env_id} in {conf / 'experiment'}")
 
 
@@ -241,6 +243,7 @@ def run_sb3(env_id: str, steps: int, seed: int, eval_episodes: int) -> dict:
 
 def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env: str, collection: str) -> dict:
     sys.path.insert(0, str(REPO))
+    from trpo_lab import metrics as M
     from trpo_lab.trainer import train
 
     runtime = {"trainer.total_steps": steps, "trainer.seed": seed, "trainer.vec_env": vec_env,
@@ -250,10 +253,11 @@ def run_trpo_lab(env_id: str, steps: int, seed: int, eval_episodes: int, vec_env
     with tempfile.TemporaryDirectory() as run_dir:
         summary = train(cfg, Path(run_dir))
         rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    elapsed = rows[-1]["wall_time_s"]  # to the end of the last iteration, before the final evaluation
+    elapsed = rows[-1][M.WALL_TIME]  # to the end of the last iteration, before the final evaluation
     # trpo_lab evaluates with env seed + 10000 + episode, like _evaluate above.
-    return {"steps": summary["env_steps"], "train_s": elapsed, "steps_per_s": summary["env_steps"] / elapsed,
-            "eval_return": summary["eval_return"]}
+    steps_done = summary[M.Summary.ENV_STEPS]
+    return {"steps": steps_done, "train_s": elapsed, "steps_per_s": steps_done / elapsed,
+            "eval_return": summary[M.Summary.EVAL_RETURN]}
 
 
 def child_main(args: argparse.Namespace) -> None:

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from trpo_lab import resume
+from trpo_lab import metrics as M, resume
 from trpo_lab.checkpoint import CheckpointError, checkpoint_path, has_checkpoint
 from trpo_lab.config import ConfigError, to_config, validate
 from trpo_lab.envs import EnvError, raised_by_env
@@ -138,7 +138,8 @@ def run(dict_cfg: DictConfig) -> float:
     env_id = str(OmegaConf.select(dict_cfg, "env.id", default="?", throw_on_missing=False))
     try:
         cfg = to_config(dict_cfg)
-        validate(cfg)
+        if multirun:  # a single run's config was validated by OutputDirCheck, before its directory was made
+            validate(cfg)
     except (ConfigError, EnvError) as err:
         _record_failure(run_dir, env_id, err, started)
         if multirun:
@@ -180,6 +181,6 @@ def run(dict_cfg: DictConfig) -> float:
         from trpo_lab.sweep_check import summary_values
 
         reporter.record({**summary_values(summary), "run_dir": str(run_dir)})
-    print(f"trpo_lab: {summary['status']}: eval return {summary['eval_return']:.2f}, "
-          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
-    return float(summary["objective"])
+    print(f"trpo_lab: {summary[M.Summary.STATUS]}: eval return {summary[M.Summary.EVAL_RETURN]:.2f}, "
+          f"{summary[M.Summary.STEPS_PER_S]:.0f} steps/s; outputs in {run_dir}")
+    return float(summary[M.Summary.OBJECTIVE])

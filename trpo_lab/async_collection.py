@@ -178,7 +178,7 @@ class AsyncCollector:
                 self._check_alive()
                 raise RolloutWorkerError(f"{self._name(w)} stopped answering") from None
         for w, status in enumerate(self._status):
-            if status != 0:
+            if status != workers.OK:
                 message = self._errors[w].recv_bytes().decode() if self._errors[w].poll(5) else "no message"
                 raise RolloutWorkerError(f"{self._name(w)} failed: {message}")
 

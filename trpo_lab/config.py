@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from trpo_lab import metrics as M
 from trpo_lab.activations import NAMES as ACTIVATIONS
 
 
@@ -114,7 +115,7 @@ class TrainerConfig:
     checkpoint_every: int = 10
     # Summary field returned to the sweeper: eval_return, best_eval_return or
     # train_return_last10.
-    objective: str = "eval_return"
+    objective: str = M.Summary.EVAL_RETURN
     # Show a progress bar when the terminal is interactive.
     progress: bool = True
     # auto: continue from the run directory's checkpoint if it has one (rerun with
@@ -169,13 +170,56 @@ def task_name(env_id: str, overrides: Any = ()) -> str:
     return str(env_id).replace("/", "_").replace(":", "_")
 
 
+# -- The config as dotted keys, and which keys are not settings.
+
+# Keys, or groups of keys, that say where, how or as which seed or sweep trial a run runs, not
+# what it computes: left out of wandb names and of the report's configurations (whose runs
+# then differ only in these, as seeds).
+BOOKKEEPING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
+               "logger", "trial", "hydra", "sweep")
+# Keys that the command continuing a run may set apart from the checkpoint's config: how this
+# process runs, always; with trainer.resume=auto (the same command again) also where the
+# numbers go and how long to train (to extend a run). trpo_lab/resume.py.
+RESUME_MAY_CHANGE = {"path": ("trainer.resume", "trainer.progress"),
+                     "auto": ("trainer.resume", "trainer.progress", "logger", "trainer.total_steps")}
+
+
+def is_under(key: str, keys: Iterable[str]) -> bool:
+    """Whether dotted `key` is one of `keys` or inside one of them (a group such as `logger`)."""
+    return any(key == k or key.startswith((k + ".", k + "/")) for k in keys)
+
+
+def is_bookkeeping(key: str) -> bool:
+    return is_under(key, BOOKKEEPING)
+
+
+def flat_config(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """The config as dotted keys: {'trpo.delta': 0.01, 'network.hidden': (64, 64), ...}, lists as tuples.
+
+    `cfg`: a Config, or a plain container such as a run's `.hydra/config.yaml` as loaded
+    (interpolations left unresolved). Used for wandb's config, the report's settings and
+    resume's comparison of configs.
+    """
+    node = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if isinstance(cfg, Config) else cfg
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = tuple(node) if isinstance(node, list) else node
+
+    walk("", node)
+    return out
+
+
 VEC_ENVS = ("sync", "subproc")
 COLLECTIONS = ("sync", "async")
 CORRECTIONS = ("importance", "truncated", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 NETWORKS = ("auto", "mlp", "nature_cnn")  # trpo_lab/networks.py
 PREPROCESS = ("none", "atari")
-OBJECTIVES = ("eval_return", "best_eval_return", "train_return_last10")
 
 
 def to_config(cfg: DictConfig | Config) -> Config:
@@ -332,7 +376,7 @@ def validate(cfg: Config) -> None:
           f"must be in [1, {MAX_EVAL_EPISODES}]")
     check(1 <= r.threads <= MAX_THREADS, "trainer.threads", r.threads, f"must be in [1, {MAX_THREADS}]")
     check(r.checkpoint_every >= 1, "trainer.checkpoint_every", r.checkpoint_every, "must be >= 1")
-    check(r.objective in OBJECTIVES, "trainer.objective", r.objective, f"must be one of {OBJECTIVES}")
+    check(r.objective in M.OBJECTIVES, "trainer.objective", r.objective, f"must be one of {M.OBJECTIVES}")
     check(r.resume is None or (isinstance(r.resume, str) and r.resume.strip() != ""), "trainer.resume", r.resume,
           "must be auto, never (or null), or the directory of a run with a checkpoint")
 

@@ -1,4 +1,9 @@
-"""`python -m trpo_lab.evaluate RUN_DIR`: replay a trained policy from its checkpoint.
+"""Evaluating a policy: the episodes behind every evaluation return, and the command that replays a run.
+
+`episode_returns` (episodes of `run_episode`) is the one evaluation: the trainer's
+periodic and final evaluations call it, and so does this command.
+
+`python -m trpo_lab.evaluate RUN_DIR`: replay a trained policy from its checkpoint.
 
 Loads `RUN_DIR/checkpoints/last.pt` as data only (checkpoint.py; a damaged
 one falls back to `previous.pt` or is one line naming the file) (`--checkpoint best`: `best.pt`, the policy
@@ -22,15 +27,21 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+import gymnasium as gym
 import numpy as np
 
+from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import LAST, NAMES, CheckpointError, checkpoint_path, load_checkpoint
-from trpo_lab.config import Config, to_config
+from trpo_lab.config import Config, eval_seed, to_config
 from trpo_lab.envs import make_env
 from trpo_lab.loggers import write_json_atomic
-from trpo_lab.trainer import Agent, build_agent, run_episode
+from trpo_lab.normalisation import ObsNormalizer
+from trpo_lab.torch_actor import TorchActor
+
+if TYPE_CHECKING:
+    from trpo_lab.trainer import Agent
 
 MAX_VIDEO_FRAMES = 1000
 VIDEO_SIZE = 240  # pixels, MuJoCo tasks (env.kwargs width/height override it)
@@ -74,6 +85,8 @@ def load_agent(run_dir: Path, name: str = LAST) -> tuple[Config, Agent, dict[str
     """(the run's config, its agent as checkpointed, the checkpoint) of checkpoints/<name>."""
     from omegaconf import OmegaConf
 
+    from trpo_lab.trainer import build_agent  # the trainer imports this module
+
     checkpoint = load_checkpoint(run_dir, name)
     cfg = to_config(OmegaConf.create(checkpoint["config"]))
     env = make_env(cfg.env)
@@ -85,7 +98,42 @@ def load_agent(run_dir: Path, name: str = LAST) -> tuple[Config, Agent, dict[str
     return cfg, agent, checkpoint
 
 
+def run_episode(env: gym.Env, actor: NumpyActor | TorchActor, obs_norm: ObsNormalizer, seed: int,
+                frames: Optional[list] = None, stochastic: bool = False) -> float:
+    """Return of one episode from env.reset(seed=seed): the deterministic policy (the Gaussian
+    mean, the most likely action), or with `stochastic` actions sampled from it, its randomness
+    from numpy's Generator seeded `seed`. With `frames`, appends env.render() after the reset
+    and after every step."""
+    box = isinstance(env.action_space, gym.spaces.Box)
+    rng = np.random.default_rng(seed) if stochastic else None
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    if frames is not None:
+        frames.append(env.render())
+    while not done:
+        normalised = obs_norm(np.asarray(obs, dtype=np.float64)[None])
+        if stochastic:
+            noise, _ = actor.noise(rng, 1, 1)
+            action = actor.sample(normalised, noise[0])[0][0]
+        else:
+            action = actor.deterministic(normalised)[0]
+        if box:
+            action = np.clip(action, env.action_space.low, env.action_space.high)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total += float(reward)
+        done = terminated or truncated
+        if frames is not None:
+            frames.append(env.render())
+    return total
+
+
 def episode_returns(cfg: Config, agent: Agent, episodes: int, seed: int, stochastic: bool = False) -> list[float]:
+    """The returns of `episodes` episodes of the agent's policy, seeded seed, seed + 1, ... (run_episode).
+
+    The trainer's evaluations (eval/return_mean, summary.json's eval_return) and this
+    command's are this function, so `evaluate` of a final checkpoint at the run's
+    evaluation seed reproduces the run's final evaluation.
+    """
     env = make_env(cfg.env, training=False)
     actor = agent.policy.actor()
     try:
@@ -171,7 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CheckpointError as err:  # damaged, or not data we accept (checkpoint.py): one line, never a traceback
         print(f"trpo_lab.evaluate: error: {err}", file=sys.stderr)
         return 2
-    seed = cfg.trainer.seed + 10_000 if args.seed is None else args.seed
+    seed = eval_seed(cfg.trainer) if args.seed is None else args.seed
     returns = episode_returns(cfg, agent, args.episodes, seed, args.stochastic)
     policy = "stochastic" if args.stochastic else "deterministic"
     result = {

@@ -15,42 +15,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from trpo_lab import metrics as M
-from trpo_lab.config import Config, WandbConfig
+from trpo_lab.config import Config, WandbConfig, flat_config, is_bookkeeping
 
 log = logging.getLogger(__name__)
 
 
-def flat_config(cfg: Config) -> dict[str, Any]:
-    """The config as dotted keys ({'trpo.delta': 0.01, ...}), filterable in wandb."""
-    from omegaconf import OmegaConf
-
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = node
-
-    walk("", OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
-    return out
-
-
-# Keys that say where, how or as which sweep trial a run runs, not what it computes: left out
-# of wandb names and of the report's configurations (whose seeds differ only in these).
-BOOKKEEPING = ("trainer.seed", "trainer.resume", "trainer.progress", "trainer.threads", "trainer.vec_env",
-               "logger", "trial", "hydra", "sweep")
-
-
-def is_bookkeeping(key: str) -> bool:
-    """Whether dotted `key` (or a group such as `logger`) is in BOOKKEEPING or under one of its keys."""
-    return any(key == k or key.startswith((k + ".", k + "/")) for k in BOOKKEEPING)
-
-
 def setting_overrides(overrides: list[str]) -> list[str]:
     """The `key=value` overrides that define a configuration beside the environment:
-    everything but the env choice and the BOOKKEEPING keys."""
+    everything but the env choice and the bookkeeping keys (config.BOOKKEEPING)."""
     out = []
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
@@ -134,8 +106,9 @@ def failed_summary(env_id: str, error: str) -> dict[str, Any]:
     """summary.json of a run that failed before its first iteration: every field, nothing measured."""
     nan = float("nan")
     summary: dict[str, Any] = {k: nan for k in M.SUMMARY_FIELDS}
-    summary.update(env_id=env_id, env_steps=0, iterations=0, wall_time_s=0.0, steps_per_s=0.0,
-                   status="failed", error=error)
+    summary.update({M.Summary.ENV_ID: env_id, M.Summary.ENV_STEPS: 0, M.Summary.ITERATIONS: 0,
+                    M.Summary.WALL_TIME: 0.0, M.Summary.STEPS_PER_S: 0.0, M.Summary.STATUS: M.Status.FAILED,
+                    M.Summary.ERROR: error})
     return summary
 
 
@@ -265,4 +238,4 @@ class RunLogger:
         except OSError as err:  # e.g. a full disk: still try to record how the run ended
             log.error("could not finish writing metrics.jsonl: %s", err)
         write_json_atomic(self.run_dir / "summary.json", summary)
-        self.wandb.finish(summary, failed=summary["status"] in ("failed", "interrupted"))
+        self.wandb.finish(summary, failed=summary[M.Summary.STATUS] in (M.Status.FAILED, M.Status.INTERRUPTED))

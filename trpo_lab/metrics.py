@@ -40,8 +40,39 @@ PER_ITERATION = (
     IS_RATIO_MAX, IS_ESS,
 )
 
-# summary.json fields.
+
+
+class Summary:
+    """summary.json's fields (docs/design.md, The output files)."""
+
+    ENV_ID = "env_id"
+    ENV_STEPS = "env_steps"
+    ITERATIONS = "iterations"
+    WALL_TIME = "wall_time_s"
+    STEPS_PER_S = "steps_per_s"
+    TRAIN_RETURN_LAST10 = "train_return_last10"
+    EVAL_RETURN = "eval_return"
+    EVAL_RETURN_STD = "eval_return_std"
+    BEST_EVAL_RETURN = "best_eval_return"
+    OBJECTIVE = "objective"   # the value of the field that trainer.objective names
+    STATUS = "status"         # one of Status
+    ERROR = "error"           # only when the status is not COMPLETED
+
+
 SUMMARY_FIELDS = (
-    "env_id", "env_steps", "iterations", "wall_time_s", "steps_per_s", "train_return_last10",
-    "eval_return", "eval_return_std", "best_eval_return", "objective", "status",
+    Summary.ENV_ID, Summary.ENV_STEPS, Summary.ITERATIONS, Summary.WALL_TIME, Summary.STEPS_PER_S,
+    Summary.TRAIN_RETURN_LAST10, Summary.EVAL_RETURN, Summary.EVAL_RETURN_STD, Summary.BEST_EVAL_RETURN,
+    Summary.OBJECTIVE, Summary.STATUS,
 )
+# The fields that trainer.objective may name.
+OBJECTIVES = (Summary.EVAL_RETURN, Summary.BEST_EVAL_RETURN, Summary.TRAIN_RETURN_LAST10)
+
+
+class Status:
+    """summary.json's status of a run."""
+
+    COMPLETED = "completed"
+    PRUNED = "pruned"            # stopped early by the sweeper's pruner
+    INTERRUPTED = "interrupted"  # Ctrl-C or a signal; rerun to resume
+    FAILED = "failed"
+    UNFINISHED = "unfinished"    # the reports' word for a run directory without summary.json

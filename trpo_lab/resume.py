@@ -46,15 +46,13 @@ from typing import Any, Iterator
 
 import torch
 
+from trpo_lab import metrics as M
 from trpo_lab.checkpoint import checkpoint_path, has_checkpoint, load_checkpoint
-from trpo_lab.config import Config, ConfigError
+from trpo_lab.config import RESUME_MAY_CHANGE, Config, ConfigError, flat_config, is_under
 
 log = logging.getLogger(__name__)
 
 AUTO, NEVER = "auto", "never"
-# Keys that may differ between the checkpoint's config and the command that resumes it
-# with trainer.resume=auto (extend a run, log it elsewhere).
-MAY_CHANGE = ("trainer.resume", "trainer.total_steps", "trainer.progress", "logger.")
 
 
 LOCK_FILE = ".trpo_lab.lock"
@@ -177,12 +175,12 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
     stored = _stored_config(checkpoint["config"], cfg, keep_command=(mode == AUTO))
     # auto: the same command again, so any other difference is a mistake; a path: the
     # stored run's own settings win over whatever this command says.
-    may_change = MAY_CHANGE if mode == AUTO else ("trainer.resume", "trainer.progress")
-    differ = [k for k in _diff(_flat(stored), _flat(cfg)) if not k.startswith(may_change)]
+    may_change = RESUME_MAY_CHANGE["auto" if mode == AUTO else "path"]
+    differ = [k for k in _diff(flat_config(stored), flat_config(cfg)) if not is_under(k, may_change)]
     if differ and mode == AUTO:
         raise ConfigError(
             f"trainer.resume=auto: {run_dir} holds a checkpoint of a different config "
-            f"({', '.join(f'{k}: {_flat(stored)[k]!r} -> {_flat(cfg).get(k)!r}' for k in differ[:5])}); "
+            f"({', '.join(f'{k}: {flat_config(stored)[k]!r} -> {flat_config(cfg).get(k)!r}' for k in differ[:5])}); "
             "use another hydra.run.dir, or trainer.resume=never to start over")
     command = _command_keys()
     ignored = [k for k in differ if _given(k, command)]  # defaults the user never typed are no news
@@ -196,7 +194,7 @@ def resolve(cfg: Config, run_dir: Path) -> tuple[Config, Path, dict[str, Any] | 
 def _stored_config(stored: dict[str, Any], current: Config, keep_command: bool) -> Config:
     """The checkpoint's config with trainer.resume and trainer.progress from the current
     command and, when `keep_command` (auto: the same command again), the other keys in
-    MAY_CHANGE too."""
+    RESUME_MAY_CHANGE["auto"] too."""
     from omegaconf import OmegaConf
 
     from trpo_lab.config import to_config
@@ -208,12 +206,6 @@ def _stored_config(stored: dict[str, Any], current: Config, keep_command: bool) 
         merged.trainer.total_steps = current.trainer.total_steps
         merged.logger = current.logger
     return merged
-
-
-def _flat(cfg: Config) -> dict[str, Any]:
-    from trpo_lab.loggers import flat_config
-
-    return flat_config(cfg)
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -255,7 +247,7 @@ def truncate_metrics(run_dir: Path, last_iteration: int) -> int:
                         path, number)
             dropped += 1
             continue
-        if isinstance(row, dict) and row.get("iteration", 0) <= last_iteration:
+        if isinstance(row, dict) and row.get(M.ITERATION, 0) <= last_iteration:
             kept.append(line)
         else:
             dropped += 1

@@ -40,7 +40,6 @@ from trpo_lab.normalisation import ObsNormalizer
 SLOTS = 2
 # PolicyChannel header fields (int64).
 VERSION, RESET_SEED, STOP = range(3)
-_OK, _FAILED = 0, 1
 
 
 class SharedArrays:
@@ -123,22 +122,14 @@ def run(w: int, env_ids: list[int], env_cfg: EnvConfig, layout: PolicyLayout, T:
         errors, parent_pid: int) -> None:
     """Rollout worker w: steps environments env_ids (columns of the slots) batch after batch."""
     workers.blas_threads(1)
-    state = status.views()["status"]
     envs: list[gym.Env] = []
+
+    def start():
+        envs.extend(make_env(env_cfg) for _ in env_ids)
+        return _Worker(w, env_ids, envs, layout, T, seed, channel, lock, slots, parent_pid).step
+
     try:
-        try:
-            envs = [make_env(env_cfg) for _ in env_ids]
-            state[w] = _OK
-        except Exception as err:
-            state[w] = _FAILED
-            errors.send_bytes(workers.describe(err))
-            return
-        finally:
-            filled.release()  # ready, or failed: the trainer waits for this
-        _Worker(w, env_ids, envs, layout, T, seed, channel, lock, slots, state, free, filled, errors,
-                parent_pid).loop()
-    except (KeyboardInterrupt, EOFError):  # Ctrl-C reaches the whole process group; EOF: the trainer is gone
-        pass
+        workers.serve(start, free, filled, status.views()["status"], w, errors, parent_pid, stop_on_error=True)
     finally:
         for env in envs:
             env.close()
@@ -146,20 +137,21 @@ def run(w: int, env_ids: list[int], env_cfg: EnvConfig, layout: PolicyLayout, T:
 
 
 class _Worker:
-    def __init__(self, w, env_ids, envs, layout: PolicyLayout, T, seed, channel, lock, slots, state, free,
-                 filled, errors, parent_pid):
-        self.w, self.envs, self.T, self.state, self.filled, self.errors = w, envs, T, state, filled, errors
+    def __init__(self, w, env_ids, envs, layout: PolicyLayout, T, seed, channel, lock, slots, parent_pid):
+        self.w, self.envs, self.T = w, envs, T
         self.cols = slice(env_ids[0], env_ids[-1] + 1)  # contiguous
         self.env_ids = env_ids
         self.channel, self.lock = channel.views(), lock
+        self.header = self.channel["header"]
         self.slots = [s.views() for s in slots]
         self.parent_pid = parent_pid
-        self.wait_free = workers.Waiter(free, alive=workers.parent_alive(parent_pid))
         self.layout = layout
         self._flat = np.zeros(layout.size)
         self.actor = layout.actor(self._flat)
         self.version = -1
         self.obs_dim = self.channel["norm"].shape[1]
+        self.obs = np.zeros((len(envs), self.obs_dim))
+        self.batch = 0
         self.norm = ObsNormalizer((self.obs_dim,))
         self.live = self.norm.rollout()  # the published statistics joined with this batch's observations
         self.rng = np.random.default_rng([seed, w])
@@ -190,33 +182,20 @@ class _Worker:
         if seen is not None and len(seen):
             self.live.step(seen, np.empty_like(seen))
 
-    def loop(self) -> None:
-        header = self.channel["header"]
-        n = len(self.envs)
-        obs = np.zeros((n, self.obs_dim))
-        b = 0
-        while True:
-            self.wait_free.wait()
-            if header[STOP]:
-                return
-            try:
-                if b == 0:
-                    self.refresh()
-                    reset_seed = int(header[RESET_SEED])
-                    for j, env in zip(self.env_ids, self.envs):
-                        env.action_space.seed(reset_seed + j)
-                        obs[j - self.env_ids[0]] = env.reset(seed=reset_seed + j)[0]
-                obs = self.fill(self.slots[b % SLOTS], obs)
-                self.state[self.w] = _OK
-            except (KeyboardInterrupt, EOFError):
-                raise
-            except Exception as err:  # reported to the trainer, which raises it
-                self.state[self.w] = _FAILED
-                self.errors.send_bytes(workers.describe(err))
-                self.filled.release()
-                return
-            self.filled.release()
-            b += 1
+    def step(self) -> bool:
+        """Fill the next batch's slot (after resetting the environments, for the first); False at STOP."""
+        header = self.header
+        if header[STOP]:
+            return False
+        if self.batch == 0:
+            self.refresh()
+            reset_seed = int(header[RESET_SEED])
+            for j, env in zip(self.env_ids, self.envs):
+                env.action_space.seed(reset_seed + j)
+                self.obs[j - self.env_ids[0]] = env.reset(seed=reset_seed + j)[0]
+        self.obs = self.fill(self.slots[self.batch % SLOTS], self.obs)
+        self.batch += 1
+        return True
 
     def fill(self, slot: dict[str, np.ndarray], obs: np.ndarray) -> np.ndarray:
         """Step T times into `slot`'s columns of this worker's environments; returns the next observations."""

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from trpo_lab import metrics as M
 from trpo_lab.config import to_config, validate
 
-NUMERIC_FIELDS = tuple(f for f in M.SUMMARY_FIELDS if f not in ("env_id", "status"))
+NUMERIC_FIELDS = tuple(f for f in M.SUMMARY_FIELDS if f not in (M.Summary.ENV_ID, M.Summary.STATUS))
 
 
 def check_job_config(cfg: DictConfig) -> None:

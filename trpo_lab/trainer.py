@@ -20,16 +20,14 @@ import torch
 
 from trpo_lab import metrics as M
 from trpo_lab import resume, workers
-from trpo_lab.actor import NumpyActor
 from trpo_lab.checkpoint import BEST, CheckpointError, remove_temporaries, save_checkpoint
 from trpo_lab.collection import DivergedError, Rollout, make_collector
-from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env, validate
-from trpo_lab.envs import make_env
+from trpo_lab.config import Config, eval_seed, num_iterations, steps_per_env
+from trpo_lab.evaluate import episode_returns
 from trpo_lab.normalisation import ObsNormalizer, RewardScaler
 from trpo_lab.loggers import RunLogger, failed_summary, write_json_atomic
 from trpo_lab.networks import is_image_space, net_factory
 from trpo_lab.policies import Policy, ValueNet, make_policy
-from trpo_lab.torch_actor import TorchActor
 from trpo_lab.torch_value_fit import TorchValueFitter
 from trpo_lab.trpo import Batch, UpdateStats, gae, trpo_update
 from trpo_lab.value_fit import PendingFit, ValueFitter
@@ -122,43 +120,9 @@ def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
     return value_loss
 
 
-def run_episode(env: gym.Env, actor: NumpyActor | TorchActor, obs_norm: ObsNormalizer, seed: int,
-                frames: Optional[list] = None, stochastic: bool = False) -> float:
-    """Return of one episode from env.reset(seed=seed): the deterministic policy (the Gaussian
-    mean, the most likely action), or with `stochastic` actions sampled from it, its randomness
-    from numpy's Generator seeded `seed`. With `frames`, appends env.render() after the reset
-    and after every step."""
-    box = isinstance(env.action_space, gym.spaces.Box)
-    rng = np.random.default_rng(seed) if stochastic else None
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    if frames is not None:
-        frames.append(env.render())
-    while not done:
-        normalised = obs_norm(np.asarray(obs, dtype=np.float64)[None])
-        if stochastic:
-            noise, _ = actor.noise(rng, 1, 1)
-            action = actor.sample(normalised, noise[0])[0][0]
-        else:
-            action = actor.deterministic(normalised)[0]
-        if box:
-            action = np.clip(action, env.action_space.low, env.action_space.high)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        total += float(reward)
-        done = terminated or truncated
-        if frames is not None:
-            frames.append(env.render())
-    return total
-
-
-def evaluate(env_cfg, actor: NumpyActor | TorchActor, obs_norm: ObsNormalizer, episodes: int, seed: int
-             ) -> tuple[float, float]:
-    """Mean and std of the deterministic policy's return over `episodes` episodes."""
-    env = make_env(env_cfg, training=False)
-    try:
-        returns = [run_episode(env, actor, obs_norm, seed + ep) for ep in range(episodes)]
-    finally:
-        env.close()
+def _evaluate(cfg: Config, agent: Agent) -> tuple[float, float]:
+    """Mean and std of the deterministic policy's return over trainer.eval_episodes episodes."""
+    returns = episode_returns(cfg, agent, cfg.trainer.eval_episodes, eval_seed(cfg.trainer))
     return float(np.mean(returns)), float(np.std(returns))
 
 
@@ -175,10 +139,11 @@ def _mean(values) -> float:
 def train(cfg: Config, run_dir: Path, on_eval: Optional[EvalHook] = None) -> dict[str, Any]:
     """Train TRPO as `cfg` says, writing outputs under `run_dir`; returns the summary.
 
+    `cfg` has passed `config.validate` (the command line validates it once, before
+    Hydra makes the run directory; a caller that builds a Config itself calls validate).
     Raises resume.RunDirInUse, before touching anything there, when another
     run is writing in the run directory.
     """
-    validate(cfg)
     try:
         cfg, run_dir, checkpoint = resume.resolve(cfg, Path(run_dir))
     except CheckpointError as err:  # the run there cannot go on: its summary must not say "completed"
@@ -221,7 +186,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
         _end_before_training(run_dir, cfg.env.id, err, collector, agent)
         raise
 
-    status, error = "failed", None
+    status, error = M.Status.FAILED, None
     start = time.perf_counter() - wall_before
     log.info("training TRPO on %s for %d steps; outputs in %s", cfg.env.id, tc.total_steps, run_dir)
     try:
@@ -291,8 +256,7 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
             }
             prune = False
             if evaluates:
-                eval_return, eval_std = evaluate(cfg.env, agent.policy.actor(), agent.obs_norm,
-                                                 tc.eval_episodes, eval_seed(tc))
+                eval_return, eval_std = _evaluate(cfg, agent)
                 if eval_return > best_eval:  # the best-evaluated policy, for `evaluate --checkpoint best`
                     best = _checkpoint_state(cfg, agent, iteration, env_steps)
                     best["eval_return"], best["eval_return_std"] = eval_return, eval_std
@@ -311,38 +275,37 @@ def _train(cfg: Config, run_dir: Path, checkpoint: Optional[dict[str, Any]], on_
                 raise PruneRequested
 
         if first_iteration > num_iterations(tc):  # resumed a finished run: evaluate it again
-            eval_return, eval_std = evaluate(cfg.env, agent.policy.actor(), agent.obs_norm,
-                                             tc.eval_episodes, eval_seed(tc))
+            eval_return, eval_std = _evaluate(cfg, agent)
             best_eval = max(best_eval, eval_return)
-        status = "completed"
+        status = M.Status.COMPLETED
         log.info("finished: eval return %.1f +- %.1f over %d episodes", eval_return, eval_std, tc.eval_episodes)
     except PruneRequested:
-        status = "pruned"
+        status = M.Status.PRUNED
     except KeyboardInterrupt as err:
-        status, error = "interrupted", f"interrupted ({err or 'KeyboardInterrupt'})"
+        status, error = M.Status.INTERRUPTED, f"interrupted ({err or 'KeyboardInterrupt'})"
         raise
     except Exception as err:
-        status, error = "failed", f"{type(err).__name__}: {err}"
+        status, error = M.Status.FAILED, f"{type(err).__name__}: {err}"
         raise
     finally:
         collector.close()
         agent.value_fitter.close()
         ep_returns = [r for r, _ in episodes]
         summary = {
-            "env_id": cfg.env.id,
-            "env_steps": env_steps,
-            "iterations": iteration,
-            "wall_time_s": time.perf_counter() - start,
-            "steps_per_s": env_steps / train_time if train_time > 0 else 0.0,
-            "train_return_last10": _mean(ep_returns[-10:]),
-            "eval_return": eval_return,
-            "eval_return_std": eval_std,
-            "best_eval_return": best_eval if math.isfinite(best_eval) else float("nan"),
-            "status": status,
+            M.Summary.ENV_ID: cfg.env.id,
+            M.Summary.ENV_STEPS: env_steps,
+            M.Summary.ITERATIONS: iteration,
+            M.Summary.WALL_TIME: time.perf_counter() - start,
+            M.Summary.STEPS_PER_S: env_steps / train_time if train_time > 0 else 0.0,
+            M.Summary.TRAIN_RETURN_LAST10: _mean(ep_returns[-10:]),
+            M.Summary.EVAL_RETURN: eval_return,
+            M.Summary.EVAL_RETURN_STD: eval_std,
+            M.Summary.BEST_EVAL_RETURN: best_eval if math.isfinite(best_eval) else float("nan"),
+            M.Summary.STATUS: status,
         }
-        summary["objective"] = summary[tc.objective]
+        summary[M.Summary.OBJECTIVE] = summary[tc.objective]
         if error is not None:
-            summary["error"] = error
+            summary[M.Summary.ERROR] = error
         _write_summary(run_dir, summary, logger)
     return summary
 
@@ -355,9 +318,9 @@ def _end_before_training(run_dir: Path, env_id: str, err: BaseException, collect
         collector.close()
     if agent is not None:
         agent.value_fitter.close()
-    status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+    status = M.Status.INTERRUPTED if isinstance(err, KeyboardInterrupt) else M.Status.FAILED
     summary = failed_summary(env_id, f"{type(err).__name__}: {err}")
-    summary["status"] = status
+    summary[M.Summary.STATUS] = status
     _write_summary(run_dir, summary, None)
 
 
@@ -376,7 +339,7 @@ def _write_summary(run_dir: Path, summary: dict[str, Any], logger: Optional[RunL
             write_json_atomic(Path(run_dir) / "summary.json", summary)
     except OSError as err:
         log.error("could not write %s: %s", Path(run_dir) / "summary.json", err)
-        if summary["status"] == "completed":
+        if summary[M.Summary.STATUS] == M.Status.COMPLETED:
             raise
 
 

@@ -233,7 +233,6 @@ class PendingFit:
 
 # FitWorker commands and statuses (control block: command, status, Adam step, samples, epochs, minibatch).
 _FIT, _CLOSE = 0, 1
-_OK, _FAILED = 0, 1
 
 
 class FitWorker:
@@ -289,14 +288,14 @@ class FitWorker:
         a["returns"][:n] = returns
         for e, order in enumerate(orders):
             a["orders"][e, :n] = order
-        a["control"][:] = (_FIT, _OK, adam_step, n, len(orders), minibatch)
+        a["control"][:] = (_FIT, workers.OK, adam_step, n, len(orders), minibatch)
         self._go.release()
 
     def finish(self, core: MLPRegression) -> float:
         """Wait for the fit; update core's Adam step count; the mean minibatch loss."""
         self._ready()
         control = self._arrays["control"]
-        if control[1] != _OK:
+        if control[1] != workers.OK:
             raise RuntimeError(f"the critic fit failed in its worker: {self._receive.recv_bytes().decode()}")
         core.step = int(control[2])
         return float(self._arrays["loss"][0])
@@ -322,22 +321,15 @@ def _fit_worker(raw: dict, dtype: str, batch: int, obs_dim: int, epochs: int, sh
                 adam: tuple, go, done, errors, parent_pid: int) -> None:
     workers.blas_threads(1)
     a = _fit_arrays(raw, np.dtype(dtype), batch, obs_dim, epochs)
-    core = MLPRegression(shapes, activation, a["theta"], a["m"], a["v"], *adam)
     control = a["control"]
-    wait_go = workers.Waiter(go, alive=workers.parent_alive(parent_pid))
-    done.release()  # started
-    try:
-        while True:
-            wait_go.wait()
-            if control[0] == _CLOSE:
-                break
-            try:
-                core.step, n, n_epochs, minibatch = (int(x) for x in control[2:6])
-                a["loss"][0] = core.fit(a["obs"][:n], a["returns"][:n], a["orders"][:n_epochs, :n], minibatch)
-                control[2], control[1] = core.step, _OK
-            except Exception as err:  # reported to the parent, which raises it
-                control[1] = _FAILED
-                errors.send_bytes(workers.describe(err))
-            done.release()
-    except (KeyboardInterrupt, EOFError):
-        pass
+    core = MLPRegression(shapes, activation, a["theta"], a["m"], a["v"], *adam)
+
+    def step() -> bool:
+        if control[0] == _CLOSE:
+            return False
+        core.step, n, n_epochs, minibatch = (int(x) for x in control[2:6])
+        a["loss"][0] = core.fit(a["obs"][:n], a["returns"][:n], a["orders"][:n_epochs, :n], minibatch)
+        control[2] = core.step
+        return True
+
+    workers.serve(lambda: step, go, done, control, 1, errors, parent_pid)

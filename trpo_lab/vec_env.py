@@ -137,7 +137,6 @@ class SyncVecEnv:
 # and releases `done`. Nothing is pickled and no system call is made per step.
 # The pipe carries environment states for exact resume, and error messages.
 _STEP, _RESET, _GET_STATE, _SET_STATE, _CLOSE = range(5)
-_OK, _FAILED = 0, 1
 
 
 class _SharedArrays:
@@ -175,51 +174,37 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
     rewards, terminated_out, truncated_out = arrays["rewards"], arrays["terminated"], arrays["truncated"]
     control = arrays["control"][w]
     envs: list[gym.Env] = []
-    try:
-        try:
-            envs = [make_env(cfg) for _ in env_ids]
-            control[1] = _OK
-        except Exception as err:
-            control[1] = _FAILED
-            remote.send_bytes(workers.describe(err))
-            return
-        finally:
-            done.release()  # ready (or failed): the parent waits for this before its first command
+    discrete = False
+
+    def step() -> bool:
+        command = int(control[0])
+        if command == _STEP:
+            for j, env in zip(env_ids, envs):
+                obs, reward, terminated, truncated, _ = env.step(int(actions[j, 0]) if discrete else actions[j].copy())
+                if terminated or truncated:
+                    final_out[j] = obs
+                    obs, _ = env.reset()
+                obs_out[j] = obs
+                rewards[j], terminated_out[j], truncated_out[j] = reward, terminated, truncated
+        elif command == _RESET:
+            for j, env in zip(env_ids, envs):
+                env.action_space.seed(int(control[2]) + j)
+                obs_out[j] = env.reset(seed=int(control[2]) + j)[0]
+        elif command == _GET_STATE:
+            remote.send_bytes(pickle.dumps([get_env_state(env) for env in envs]))
+        elif command == _SET_STATE:
+            for env, state in zip(envs, pickle.loads(remote.recv_bytes()), strict=True):
+                set_env_state(env, state)
+        return command != _CLOSE
+
+    def start():
+        nonlocal discrete
+        envs.extend(make_env(cfg) for _ in env_ids)
         discrete = isinstance(envs[0].action_space, gym.spaces.Discrete)
-        wait_go = workers.Waiter(go, alive=workers.parent_alive(parent_pid))
-        while True:
-            wait_go.wait()  # EOFError when the parent is gone
-            command = int(control[0])
-            try:
-                if command == _STEP:
-                    for j, env in zip(env_ids, envs):
-                        obs, reward, terminated, truncated, _ = env.step(
-                            int(actions[j, 0]) if discrete else actions[j].copy())
-                        if terminated or truncated:
-                            final_out[j] = obs
-                            obs, _ = env.reset()
-                        obs_out[j] = obs
-                        rewards[j], terminated_out[j], truncated_out[j] = reward, terminated, truncated
-                elif command == _RESET:
-                    for j, env in zip(env_ids, envs):
-                        env.action_space.seed(int(control[2]) + j)
-                        obs_out[j] = env.reset(seed=int(control[2]) + j)[0]
-                elif command == _GET_STATE:
-                    remote.send_bytes(pickle.dumps([get_env_state(env) for env in envs]))
-                elif command == _SET_STATE:
-                    for env, state in zip(envs, pickle.loads(remote.recv_bytes()), strict=True):
-                        set_env_state(env, state)
-                elif command == _CLOSE:
-                    control[1] = _OK
-                    done.release()
-                    break
-                control[1] = _OK
-            except Exception as err:  # reported to the parent, which raises it
-                control[1] = _FAILED
-                remote.send_bytes(workers.describe(err))
-            done.release()
-    except (KeyboardInterrupt, EOFError):
-        pass
+        return step
+
+    try:
+        workers.serve(start, go, done, control, 1, remote, parent_pid)
     finally:
         for env in envs:
             env.close()
@@ -310,7 +295,7 @@ class SubprocVecEnv(SyncVecEnv):
                 raise EnvError(f"the worker process of environments {self._worker_envs(w)} died "
                                f"(exit code {proc.exitcode})") from err
         for w, status in enumerate(self._control[:, 1]):
-            if status != _OK:
+            if status != workers.OK:
                 message = received[w] if received is not None else self.remotes[w].recv_bytes()
                 raise EnvError(f"environments {self._worker_envs(w)} failed in their worker: {message.decode()}")
 

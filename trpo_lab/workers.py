@@ -11,6 +11,12 @@ tens of microseconds on a VM, a large part of a 150 us MuJoCo step. Polling
 a semaphore needs no system call, and semaphore operations are memory
 barriers: what one side wrote before a release is visible to the other after
 the matching acquire. Pipes carry only rare payloads and error messages.
+
+The worker's side of the protocol is one loop, `serve`; each worker supplies
+what it builds at start-up and its step (a batch of environment steps, a
+critic fit, a vector-env command). A worker reports each step's outcome as
+OK or FAILED in a status word in shared memory, with the error's message on
+its pipe.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from typing import Callable
 from threadpoolctl import threadpool_limits
 
 SPIN_S = 0.002
+OK, FAILED = 0, 1  # a worker's status word after each hand-back
 
 
 def context():
@@ -89,3 +96,49 @@ def pid_alive(pid: int) -> bool:
 def parent_alive(parent_pid: int) -> Callable[[], bool]:
     """For a worker's `wait`: whether the process that started it still runs."""
     return lambda: pid_alive(parent_pid)
+
+
+def serve(start: Callable[[], Callable[[], bool]], go, done, status, slot: int, errors, parent_pid: int,
+          stop_on_error: bool = False) -> None:
+    """A worker process's life: start up, then one step per release of `go`, until a step says stop.
+
+    `start()` builds what the worker needs (its environments, buffers) and
+    returns its step; `step()` reads its command from shared memory, does the
+    work, writes its results there and returns False to stop the worker
+    (nothing is handed back then). After start-up and after each step the
+    worker writes OK or FAILED to `status[slot]` (with the error's message on
+    `errors`) and releases `done`. A failed start-up ends the worker, and so
+    does a failed step with `stop_on_error`. Ctrl-C (it reaches the whole
+    process group) and a parent that is gone (EOFError) end it quietly; the
+    caller closes what start built.
+    """
+    try:
+        try:
+            step = start()
+            status[slot] = OK
+        except (KeyboardInterrupt, EOFError):
+            raise
+        except Exception as err:
+            status[slot] = FAILED
+            errors.send_bytes(describe(err))
+            return
+        finally:
+            done.release()  # ready, or failed: the parent waits for this before its first command
+        wait_go = Waiter(go, alive=parent_alive(parent_pid))
+        while True:
+            wait_go.wait()  # EOFError when the parent is gone
+            try:
+                if not step():
+                    return
+                status[slot] = OK
+            except (KeyboardInterrupt, EOFError):
+                raise
+            except Exception as err:  # reported to the parent, which raises it
+                status[slot] = FAILED
+                errors.send_bytes(describe(err))
+                if stop_on_error:
+                    done.release()
+                    return
+            done.release()
+    except (KeyboardInterrupt, EOFError):
+        pass

@@ -2,7 +2,7 @@
 
 A run directory holds `metrics.jsonl`, `summary.json` and `.hydra/config.yaml`
 (any one of them makes it one). Its settings are its flat config minus the
-bookkeeping keys (loggers.BOOKKEEPING: the seed, where and how it ran, which
+bookkeeping keys (config.BOOKKEEPING: the seed, where and how it ran, which
 sweep trial it was), which do not change what a run computes.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from trpo_lab import metrics as M
-from trpo_lab.loggers import is_bookkeeping
+from trpo_lab.config import flat_config, is_bookkeeping
 from trpo_lab.sweeper.secrets import mask_text, mask_url
 
 
@@ -27,29 +27,29 @@ class Run:
     env_id: str
     settings: dict[str, Any]       # flat config minus bookkeeping keys and env.id
     seed: Optional[int]
-    status: str                    # summary.json's, or "unfinished" without one
+    status: str                    # summary.json's, or M.Status.UNFINISHED without one
     rows: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def final_return(self) -> float:
         """The final deterministic evaluation's mean return (summary.json), nan without one."""
-        value = self.summary.get("eval_return")
+        value = self.summary.get(M.Summary.EVAL_RETURN)
         return float(value) if value is not None else float("nan")
 
     @property
     def final_steps(self) -> float:
-        value = self.summary.get("env_steps")
+        value = self.summary.get(M.Summary.ENV_STEPS)
         return float(value) if value is not None else float(self.rows[-1][M.ENV_STEPS])
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(env steps, values) of metric `key`; evaluation series end with the final
         evaluation from summary.json (the trainer does not log it as a row)."""
         pts = [(r[M.ENV_STEPS], r[key]) for r in self.rows if r.get(key) is not None]
-        final = self.summary.get("eval_return")
-        if key == M.EVAL_RETURN and final is not None and self.summary.get("env_steps") is not None \
-                and (not pts or pts[-1][0] < self.summary["env_steps"]):
-            pts.append((self.summary["env_steps"], final))
+        final = self.summary.get(M.Summary.EVAL_RETURN)
+        if key == M.EVAL_RETURN and final is not None and self.summary.get(M.Summary.ENV_STEPS) is not None \
+                and (not pts or pts[-1][0] < self.summary[M.Summary.ENV_STEPS]):
+            pts.append((self.summary[M.Summary.ENV_STEPS], final))
         if not pts:
             return np.zeros(0), np.zeros(0)
         x, y = zip(*pts)
@@ -61,15 +61,6 @@ class Inputs:
     runs: list[Run] = field(default_factory=list)
     studies: list[Any] = field(default_factory=list)      # optuna.Study
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: tuple(node) if isinstance(node, list) else node}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -99,17 +90,17 @@ def load_run(path: Path) -> Run:
     config_file = path / ".hydra" / "config.yaml"
     flat: dict[str, Any] = {}
     if config_file.is_file():
-        flat = _flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
+        flat = flat_config(OmegaConf.to_container(OmegaConf.load(config_file), resolve=False))
     rows = _read_jsonl(path / "metrics.jsonl") if (path / "metrics.jsonl").is_file() else []
     if not rows:
-        why = f" ({summary['status']}: {summary.get('error', 'no error recorded')})" if summary else ""
+        why = f" ({summary[M.Summary.STATUS]}: {summary.get(M.Summary.ERROR, 'no error recorded')})" if summary else ""
         raise ValueError(f"no metrics rows{why}")
-    env_id = flat.get("env.id") or summary.get("env_id")
+    env_id = flat.get("env.id") or summary.get(M.Summary.ENV_ID)
     if not env_id:
         raise ValueError("no .hydra/config.yaml and no summary.json: cannot tell the environment")
     settings = {k: v for k, v in flat.items() if not is_bookkeeping(k) and k != "env.id"}
     seed = flat.get("trainer.seed")
-    return Run(path, env_id, settings, seed, summary.get("status", "unfinished"), rows, summary)
+    return Run(path, env_id, settings, seed, summary.get(M.Summary.STATUS, M.Status.UNFINISHED), rows, summary)
 
 
 def _study_url(path: Path) -> Optional[str]:

@@ -272,7 +272,7 @@ def throughput_figure(configs: list[Configuration], figures: Figures) -> Optiona
                     top.plot(x, y, color=palette[conf.name], linewidth=1, alpha=0.8,
                              label=conf.legend if j == 0 else "_seed")
                     drawn = True
-            speeds = [r.summary.get("steps_per_s") for r in conf.completed]
+            speeds = [r.summary.get(M.Summary.STEPS_PER_S) for r in conf.completed]
             speeds = [s for s in speeds if s]
             if speeds:
                 bottom.bar(i, float(np.mean(speeds)), color=palette[conf.name], alpha=0.75)

@@ -1,7 +1,7 @@
 """Seeds into configurations, and configurations into the score matrices rliable takes.
 
 A configuration is one environment and one setting of everything that is not
-bookkeeping (loggers.BOOKKEEPING): its runs are seeds. Configurations that agree
+bookkeeping (config.BOOKKEEPING): its runs are seeds. Configurations that agree
 on everything but the environment share a name (C1, C2, ...), a colour, and a
 column of score matrices across tasks. Names stand for the settings that vary
 between configurations (the page's configuration table lists them), so
@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from trpo_lab import metrics as M
 from trpo_lab.report.discovery import Run
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Configuration:
 
     @property
     def completed(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "completed"]
+        return [r for r in self.runs if r.status == M.Status.COMPLETED]
 
     @property
     def scores(self) -> np.ndarray:

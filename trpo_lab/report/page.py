@@ -229,9 +229,10 @@ def build_report(paths: list[str], out: Path, title: Optional[str] = None, png: 
             for r in conf.runs:
                 s = r.summary
                 run_rows.append([str(r.path), r.env_id, conf.name, fmt(r.seed), r.status,
-                                 num(s.get("env_steps") if s else r.rows[-1][M.ENV_STEPS]), num(s.get("eval_return")),
-                                 num(s.get("eval_return_std")), num(s.get("best_eval_return")),
-                                 num(s.get("steps_per_s")), num(s.get("wall_time_s")), s.get("error", "")])
+                                 num(s.get(M.Summary.ENV_STEPS) if s else r.rows[-1][M.ENV_STEPS]),
+                                 num(s.get(M.Summary.EVAL_RETURN)), num(s.get(M.Summary.EVAL_RETURN_STD)),
+                                 num(s.get(M.Summary.BEST_EVAL_RETURN)), num(s.get(M.Summary.STEPS_PER_S)),
+                                 num(s.get(M.Summary.WALL_TIME)), s.get(M.Summary.ERROR, "")])
         body.append(table(["run", "env", "configuration", "seed", "status", "env steps", "eval return",
                            "eval std", "best eval", "steps/s", "wall s", "error"], run_rows))
     body.append("<h2 id='skipped'>Skipped inputs</h2>")

@@ -59,7 +59,7 @@ def cells(runs: list) -> list[Cell]:
     environment whatever their correction."""
     out: dict[tuple, Cell] = {}
     for run in runs:
-        if run.status != "completed" or not np.isfinite(run.final_return):
+        if run.status != M.Status.COMPLETED or not np.isfinite(run.final_return):
             continue
         collection = run.settings.get("trainer.collection", "sync")
         lag = int(run.settings.get("trainer.policy_lag", 0) or 0)

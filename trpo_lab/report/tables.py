@@ -5,6 +5,7 @@ import html
 import math
 from typing import Any
 
+from trpo_lab import metrics as M
 from trpo_lab.report import stats
 from trpo_lab.report.grouping import Configuration, by_env
 
@@ -31,7 +32,7 @@ def final_return_rows(configs: list[Configuration]) -> list[dict[str, Any]]:
         env_rows = []
         for conf in group:
             scores = conf.scores
-            left = [r.status for r in conf.runs if r.status != "completed"]
+            left = [r.status for r in conf.runs if r.status != M.Status.COMPLETED]
             left += ["no final evaluation"] * (len(conf.completed) - len(scores))
             row = {"env": env_id, "name": conf.name, "label": conf.label, "n": len(scores),
                    "iqm": float("nan"), "low": float("nan"), "high": float("nan"), "mean": float("nan"),
