@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from trpo_lab.trpo import mean_kl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,18 @@ def fast_overrides() -> list[str]:
     """A CartPole run of a few seconds with wandb off."""
     return ["env=cartpole", "trainer.total_steps=2048", "trainer.steps_per_iter=512",
             "trainer.eval_episodes=2", "logger=none"]
+
+
+def explicit_kl_hessian(policy, obs):
+    """Hessian of the mean KL at theta_old by double back-propagation, [P, P]."""
+    with torch.no_grad():
+        old = tuple(p.detach() for p in policy.dist_params(obs))
+    params = list(policy.parameters())
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(mean_kl(policy, obs, old), params,
+                                                                  create_graph=True)])
+    rows = []
+    for i in range(grad.numel()):
+        row = torch.autograd.grad(grad[i], params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1)
+                               for r, p in zip(row, params)]))
+    return torch.stack(rows)

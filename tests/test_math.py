@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from conftest import explicit_kl_hessian
 from trpo_lab.config import TRPOConfig
 from trpo_lab.policies import CategoricalPolicy, GaussianPolicy
 from trpo_lab.trpo import Batch, conjugate_gradient, fisher_vector_product, gae, line_search, mean_kl, trpo_update
@@ -15,21 +16,6 @@ def _policies():
         GaussianPolicy(3, 2, [5, 4], "tanh", log_std_init=-0.3).double(),
         CategoricalPolicy(3, 4, [5], "relu", ortho_init=False).double(),
     ]
-
-
-def _explicit_kl_hessian(policy, obs):
-    """Hessian of the mean KL at theta_old by double back-propagation, [P, P]."""
-    with torch.no_grad():
-        old = tuple(p.detach() for p in policy.dist_params(obs))
-    params = list(policy.parameters())
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(mean_kl(policy, obs, old), params,
-                                                                  create_graph=True)])
-    rows = []
-    for i in range(grad.numel()):
-        row = torch.autograd.grad(grad[i], params, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(r if r is not None else torch.zeros_like(p)).reshape(-1)
-                               for r, p in zip(row, params)]))
-    return torch.stack(rows)
 
 
 def _every_activation():
@@ -45,9 +31,9 @@ def _every_activation():
 
 
 @pytest.mark.parametrize("policy", _every_activation())
-def test_fisher_vector_product_matches_explicit_kl_hessian(policy):
+def test_fisher_vector_product_matchesexplicit_kl_hessian(policy):
     obs = torch.randn(9, 3, dtype=torch.float64)
-    H = _explicit_kl_hessian(policy, obs)
+    H = explicit_kl_hessian(policy, obs)
     fvp = fisher_vector_product(policy, obs, damping=0.0)
     F = torch.stack([fvp(e) for e in torch.eye(H.shape[0], dtype=torch.float64)])
     assert torch.allclose(F, H, atol=1e-10), (F - H).abs().max()

@@ -235,6 +235,16 @@ class GaussianPolicy(Policy):
         return self.net(obs)
 
 
+def _categorical_kl(old_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(old || new) of categoricals given as log-probabilities, summed over the last axis
+    (over all dimensions' entries for independent categoricals side by side)."""
+    return (old_logp.exp() * (old_logp - logp)).sum(-1)
+
+
+def _categorical_entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
 class CategoricalPolicy(Policy):
     """Softmax policy over n actions with logits from `net`."""
 
@@ -252,13 +262,10 @@ class CategoricalPolicy(Policy):
         return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
 
     def kl_from(self, old, obs):
-        (old_logp,) = old
-        (logp,) = self.dist_params(obs)
-        return (old_logp.exp() * (old_logp - logp)).sum(-1)
+        return _categorical_kl(old[0], self.dist_params(obs)[0])
 
     def entropy(self, obs):
-        (logp,) = self.dist_params(obs)
-        return -(logp.exp() * logp).sum(-1)
+        return _categorical_entropy(self.dist_params(obs)[0])
 
     def params_from_output(self, out, log_std):
         return (torch.log_softmax(out, dim=-1),)
@@ -317,13 +324,10 @@ class MultiCategoricalPolicy(Policy):
 
     def kl_from(self, old, obs):
         # Each dimension's KL is sum_a p_old (log p_old - log p); their sum runs over all entries.
-        (old_logp,) = old
-        (logp,) = self.dist_params(obs)
-        return (old_logp.exp() * (old_logp - logp)).sum(-1)
+        return _categorical_kl(old[0], self.dist_params(obs)[0])
 
     def entropy(self, obs):
-        (logp,) = self.dist_params(obs)
-        return -(logp.exp() * logp).sum(-1)
+        return _categorical_entropy(self.dist_params(obs)[0])
 
     def _output_fisher(self, out, u):
         # Block diagonal: diag(p_j) - p_j p_j^T for each dimension's logits.

@@ -72,6 +72,14 @@ INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"
 JOB_ATTR = "job_seed{}"
 JOB_BASE, JOB_STRIDE = "job_base", "job_stride"  # study user attrs: job number = base + number * stride + seed
+
+
+class SeedStatus:
+    """How one seed of a trial ended, as the sweeper records it (any Hydra app's job, not only trpo_lab's)."""
+
+    COMPLETED = "completed"
+    PRUNED = "pruned"
+    FAILED = "failed"
 CARRIED = "carried_seeds"  # a retry's user attr: {seed: outcome} of the seeds its interrupted trial finished
 FIXED_ATTR = "fixed_settings"  # study user attr: {key: value} of the plain overrides every job got
 STUDY_MARK = ".trpo_optuna_study"  # in the sweep dir: the study whose results files the dir holds
@@ -386,13 +394,13 @@ class TrpoOptunaSweeperImpl:
             values, error = _recorded_values(t.user_attrs.get(seed_attr(seed)), self.objectives)
             job = t.user_attrs.get(JOB_ATTR.format(seed))
             if not error and job is not None and all(math.isfinite(v) for v in values):
-                out[str(seed)] = {"status": "completed", "values": values, "job": job}
+                out[str(seed)] = {"status": SeedStatus.COMPLETED, "values": values, "job": job}
         return out
 
     def _release_own(self, study: optuna.Study, open_trials: dict[int, "_OpenTrial"], why: str) -> None:
         """Fail this sweeper's open trials as interrupted and re-queue them (other sweepers' are theirs)."""
         for ot in list(open_trials.values()):
-            done = {str(k): v for k, v in ot.results.items() if v["status"] == "completed"}
+            done = {str(k): v for k, v in ot.results.items() if v["status"] == SeedStatus.COMPLETED}
             _fail_interrupted(study, self.store, ot.trial.number, ot.trial_id, ot.trial.params, why, done)
             self.heartbeat.remove(ot.trial_id)
 
@@ -516,7 +524,7 @@ class TrpoOptunaSweeperImpl:
                         self.store.set_attr(ot.trial_id, JOB_ATTR.format(seed), job_num)
                     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another sweeper
                         log.warning("trial %d was finished elsewhere; not starting its seed %d", number, seed)
-                        ot.doomed = "failed"
+                        ot.doomed = SeedStatus.FAILED
                         if ot.running == 0:
                             del open_trials[number]
                             self.heartbeat.remove(ot.trial_id)
@@ -547,9 +555,9 @@ class TrpoOptunaSweeperImpl:
                 ot = open_trials[number]
                 ot.running -= 1
                 ot.results[seed] = self._seed_outcome(ot.trial_id, seed, outcome)
-                if ot.results[seed]["status"] in ("pruned", "failed") and not ot.doomed:
+                if ot.results[seed]["status"] in (SeedStatus.PRUNED, SeedStatus.FAILED) and not ot.doomed:
                     ot.doomed = ot.results[seed]["status"]
-                if ot.results[seed]["status"] == "failed":
+                if ot.results[seed]["status"] == SeedStatus.FAILED:
                     self._record_failure(number, ot.results[seed].get("exception") or ot.results[seed]["error"])
                 if ot.running == 0 and (ot.doomed or len(ot.results) == self.seeds_per_trial):
                     self._tell(study, ot)
@@ -631,27 +639,27 @@ class TrpoOptunaSweeperImpl:
         """{"status": completed/pruned/failed, "values": [...], "error": ...} of one seed's job."""
         if isinstance(outcome, BaseException):
             first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
-            return {"status": "failed", "launcher": True,
+            return {"status": SeedStatus.FAILED, "launcher": True,
                     "error": f"launcher error: {type(outcome).__name__}: {first}"}
         assert isinstance(outcome, JobReturn)
         attrs = self.store.get(trial_id).user_attrs
         if outcome.status != JobStatus.COMPLETED:
             err = _job_error(outcome)
             if isinstance(err, optuna.TrialPruned):  # the job stopped itself the Optuna way
-                return {"status": "pruned"}
-            return {"status": "failed", "error": f"{type(err).__name__}: {err}", "exception": err}
+                return {"status": SeedStatus.PRUNED}
+            return {"status": SeedStatus.FAILED, "error": f"{type(err).__name__}: {err}", "exception": err}
         if attrs.get(PRUNE_REQUESTED):  # the job was told to stop (job.py) and returned
-            return {"status": "pruned"}
+            return {"status": SeedStatus.PRUNED}
         if self.objectives is None:
             values, error = _returned_values(outcome.return_value, len(self.directions))
         else:
             values, error = _recorded_values(attrs.get(seed_attr(seed)), self.objectives)
         if error:
-            return {"status": "failed", "error": error}
+            return {"status": SeedStatus.FAILED, "error": error}
         bad = [n for n, v in zip(value_names(self.objectives, len(values)), values) if not math.isfinite(v)]
         if bad:
-            return {"status": "failed", "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
-        return {"status": "completed", "values": values, "job": self._job_number(self.store.get(
+            return {"status": SeedStatus.FAILED, "error": f"seed {seed}: {', '.join(bad)} is not finite ({values})"}
+        return {"status": SeedStatus.COMPLETED, "values": values, "job": self._job_number(self.store.get(
             trial_id).number, seed)}
 
     def _tell(self, study: optuna.Study, ot: _OpenTrial) -> Optional[TrialState]:
@@ -667,8 +675,8 @@ class TrpoOptunaSweeperImpl:
     def _tell_outcome(self, study: optuna.Study, ot: _OpenTrial) -> TrialState:
         tid, number = ot.trial_id, ot.trial.number
         results = [ot.results[s] for s in sorted(ot.results)]
-        errors = [r["error"] for r in results if r["status"] == "failed"]
-        if errors and all(r.get("launcher") for r in results if r["status"] == "failed") \
+        errors = [r["error"] for r in results if r["status"] == SeedStatus.FAILED]
+        if errors and all(r.get("launcher") for r in results if r["status"] == SeedStatus.FAILED) \
                 and ot.trial.user_attrs.get(RETRY_OF) is None:
             # The launcher lost the job (a killed worker or node; joblib then loses every job of
             # its pool): not the trial's fault, so it is re-run once, like an interrupted one.
@@ -679,7 +687,7 @@ class TrpoOptunaSweeperImpl:
             _tell_study(study, number, state=TrialState.FAIL)
             log.warning("trial %d failed: %s", number, "; ".join(errors))
             return TrialState.FAIL
-        if any(r["status"] == "pruned" for r in results):
+        if any(r["status"] == SeedStatus.PRUNED for r in results):
             _tell_study(study, number, state=TrialState.PRUNED)
             log.info("trial %d pruned", number)
             return TrialState.PRUNED
