@@ -192,7 +192,9 @@ def test_png_table_and_versus(tmp_path, capsys, few_resamples):
     # C2 beats C1 on every pair of seeds (150..170 against 100..120): P = 1.
     assert re.search(r"P\(C2 &gt; C1\) = 1, 95% CI \[1, 1\]", page)
     assert main([str(sweep), "-o", str(out), "--table", "md"]) == 0
-    assert "| CartPole-v1 | C2 | delta=0.01 | 3 |" in capsys.readouterr().out
+    # The confirmation table of docs/results.md: IQM, interval, median, mean, std and every seed's value.
+    assert "| CartPole-v1 | C2 | delta=0.01 | 3 | 160 | [150, 170] | 160 | 160 | 8.165 | 100: 150, 101: 160, 102: 170 |" \
+        in capsys.readouterr().out
     assert main([str(sweep), "-o", str(out), "--versus", "C9", "C1"]) == 2
     assert "'C9' is not a configuration here; the configurations are C1 (delta=0.005)" in capsys.readouterr().err
 

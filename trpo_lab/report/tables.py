@@ -5,6 +5,8 @@ import html
 import math
 from typing import Any
 
+import numpy as np
+
 from trpo_lab import metrics as M
 from trpo_lab.report import stats
 from trpo_lab.report.grouping import Configuration, by_env
@@ -25,8 +27,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def final_return_rows(configs: list[Configuration]) -> list[dict[str, Any]]:
-    """Per env, best IQM first: name, settings, seeds scored, IQM with its 95% interval, mean,
-    std, min, max of the final evaluation returns, and the runs left out with their status."""
+    """Per env, best IQM first: name, settings, seeds scored, IQM with its 95% interval, median,
+    mean, std, min, max and the per-seed values of the final evaluation returns, and the runs
+    left out with their status."""
     rows = []
     for env_id, group in by_env(configs).items():
         env_rows = []
@@ -36,10 +39,12 @@ def final_return_rows(configs: list[Configuration]) -> list[dict[str, Any]]:
             left += ["no final evaluation"] * (len(conf.completed) - len(scores))
             row = {"env": env_id, "name": conf.name, "label": conf.label, "n": len(scores),
                    "iqm": float("nan"), "low": float("nan"), "high": float("nan"), "mean": float("nan"),
-                   "std": float("nan"), "min": float("nan"), "max": float("nan"), "left_out": left}
+                   "median": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"),
+                   "per_seed": per_seed(conf), "left_out": left}
             if len(scores):
                 low, high = stats.bootstrap_interval(scores)
-                row.update(iqm=stats.iqm(scores), low=low, high=high, mean=float(scores.mean()),
+                row.update(iqm=stats.iqm(scores), low=low, high=high, median=float(np.median(scores)),
+                           mean=float(scores.mean()),
                            std=float(scores.std()), min=float(scores.min()), max=float(scores.max()))
             env_rows.append(row)
         env_rows.sort(key=lambda r: -r["iqm"] if math.isfinite(r["iqm"]) else math.inf)
@@ -49,19 +54,26 @@ def final_return_rows(configs: list[Configuration]) -> list[dict[str, Any]]:
     return rows
 
 
+def per_seed(conf: Configuration) -> str:
+    """The completed seeds' final returns in seed order, "seed: return" joined by commas."""
+    scored = [(r.seed, r.final_return) for r in conf.completed if math.isfinite(r.final_return)]
+    return ", ".join(f"{'?' if seed is None else seed}: {value:.0f}" for seed, value in scored)
+
+
 def final_return_html(rows: list[dict[str, Any]]) -> str:
     body = [[r["env"], str(r["rank"]), r["name"], r["label"], str(r["n"]), num(r["iqm"]),
-             f"[{num(r['low'])}, {num(r['high'])}]", num(r["mean"]), num(r["std"]), num(r["min"]), num(r["max"]),
-             f"{len(r['left_out'])} ({', '.join(r['left_out'])})" if r["left_out"] else "0"] for r in rows]
-    return table(["env", "rank", "configuration", "settings", "seeds", "IQM", "95% CI", "mean", "std", "min",
-                  "max", "left out (status)"], body)
+             f"[{num(r['low'])}, {num(r['high'])}]", num(r["median"]), num(r["mean"]), num(r["std"]), num(r["min"]),
+             num(r["max"]), r["per_seed"], f"{len(r['left_out'])} ({', '.join(r['left_out'])})" if r["left_out"] else "0"] for r in rows]
+    return table(["env", "rank", "configuration", "settings", "seeds", "IQM", "95% CI", "median", "mean", "std",
+                  "min", "max", "per seed", "left out (status)"], body)
 
 
 def final_return_text(rows: list[dict[str, Any]], style: str) -> str:
     """The final-return table for a paper: style "md" (markdown) or "latex" (booktabs)."""
-    header = ["env", "configuration", "settings", "seeds", "IQM", "95% CI", "mean", "std"]
+    header = ["env", "configuration", "settings", "seeds", "IQM", "95% CI", "median", "mean", "std", "per seed"]
     cells = [[r["env"], r["name"], r["label"] or "-", str(r["n"]), num(r["iqm"]),
-              f"[{num(r['low'])}, {num(r['high'])}]", num(r["mean"]), num(r["std"])] for r in rows]
+              f"[{num(r['low'])}, {num(r['high'])}]", num(r["median"]), num(r["mean"]), num(r["std"]),
+              r["per_seed"] or "-"] for r in rows]
     if style == "md":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
@@ -73,7 +85,7 @@ def final_return_text(rows: list[dict[str, Any]], style: str) -> str:
     def tex(text: str) -> str:
         return "".join(escapes.get(ch, ch) for ch in text)
 
-    lines = ["\\begin{tabular}{lllrrlrr}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
+    lines = ["\\begin{tabular}{lllrrlrrrl}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]
     lines += [" & ".join(tex(c) for c in row) + " \\\\" for row in cells]
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
