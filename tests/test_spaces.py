@@ -348,7 +348,7 @@ def test_pong_smoke_through_the_real_emulator(tmp_path):
     from test_config import _compose
 
     from trpo_lab.config import to_config
-    from trpo_lab.evaluate import episode_returns, load_agent
+    from trpo_lab.evaluate import episode_returns, load_agent, record_video
     from trpo_lab.trainer import train
 
     cfg = to_config(_compose("env=pong", "network=nature_cnn", "logger=none", "trainer.total_steps=192",
@@ -365,6 +365,11 @@ def test_pong_smoke_through_the_real_emulator(tmp_path):
     run_cfg, agent, _ = load_agent(tmp_path)
     assert type(agent.policy.net).__name__ == "NatureCNN" and not agent.obs_norm.enabled
     assert len(episode_returns(run_cfg, agent, 1, seed=5)) == 1
+    # evaluate's video: the game's own frames (210x160 colour), not the network's 84x84 input.
+    video, message = record_video(run_cfg, agent, 5, tmp_path / "videos")
+    assert video is not None and video.stat().st_size > 1000, message
+    import imageio.v3 as iio
+    assert iio.imread(video, index=0).shape == (210, 160, 3)
 
 
 def test_pong_vec_env_state_round_trip():
@@ -410,3 +415,31 @@ def test_fisher_subsample_is_a_fixed_stride_and_the_update_keeps_the_trust_regio
     assert stats.line_search_success and 0 < stats.kl <= 0.01
     with pytest.raises(ConfigError, match="trpo.fisher_fraction"):
         validate(Config(env=EnvConfig(id="CartPole-v1"), trpo=TRPOConfig(fisher_fraction=0.0)))
+
+
+@pytest.mark.parametrize("env_id", ["toy_envs:ToyPixel-v0", "toy_envs:ToyMultiDiscrete-v0"])
+def test_a_sweep_and_its_report_work_on_pixels_and_multidiscrete_as_on_mujoco(env_id, tmp_path):
+    """Two Optuna trials through the CLI (journal study, one folder per trial), then the report."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, cli_env
+    from trpo_lab.report import build_report
+
+    env = cli_env()
+    env["PYTHONPATH"] = str(REPO / "tests") + os.pathsep + env["PYTHONPATH"]
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trpo_lab", "-m", "hydra/sweeper=trpo_optuna", f"env.id={env_id}",
+         "trainer.total_steps=512", "trainer.steps_per_iter=256", "trainer.eval_every=1",
+         "trainer.eval_episodes=2", "trainer.progress=false", "trpo.value_epochs=1", "logger=none",
+         "trpo.delta=interval(0.005,0.05)", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads((sweep / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    result = build_report([str(sweep)], tmp_path / "report.html")
+    assert result["written"] and result["runs"] == 2 and result["studies"] == 1
+    assert env_id.split(":")[1] in (tmp_path / "report.html").read_text()
