@@ -364,3 +364,19 @@ def test_a_staleness_grid_gets_the_return_against_lag_figure(tmp_path):
     assert "| lag 1 | none | 1 |" in page and "| pi_old (sync) | any | 2 |" in page
     plain = build_report([str(sweep / "0")], tmp_path / "plain.html")  # one on-policy run: no such figure
     assert "fig-staleness" not in plain["figures"]
+
+
+def test_every_env_option_with_published_scores_is_found_by_its_id():
+    """The reference table is keyed by task; an env option whose id misses it draws no line.
+    The paper's seven Atari games and the MuJoCo anchors each find theirs."""
+    from trpo_lab.report import references
+
+    env_dir = Path(references.__file__).parents[1] / "conf" / "env"
+    ids = {f.stem: yaml.safe_load(f.read_text())["id"] for f in env_dir.glob("*.yaml")}
+    games = ["pong", "breakout", "beam_rider", "enduro", "qbert", "seaquest", "space_invaders"]
+    for name in games + ["hopper", "walker", "halfcheetah", "ant", "swimmer"]:
+        assert references.published(ids[name]), (name, ids[name])
+    for name in games:
+        assert {s.name for s, _, _ in references.published(ids[name])} == {"paper, single path", "paper, vine"}
+    scale, what = references.normaliser(ids["pong"])
+    assert scale == 20.9 and "100k steps" in what

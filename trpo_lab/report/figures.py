@@ -137,7 +137,7 @@ def _reference_lines(ax, env_id: str) -> None:
     styles = ["--", ":", "-.", (0, (5, 2, 1, 2))]
     for style, (source, value, std) in zip(styles, references.published(env_id)):
         ax.axhline(value, color="0.45", linestyle=style, linewidth=1, gid=GUIDE,
-                   label=f"TRPO {source.name} ({value:g} at 1M steps, -v3)")
+                   label=f"TRPO {source.name} ({value:g} after {source.budget})")
 
 
 def learning_curves(configs: list[Configuration], figures: Figures, key: str, fig_id: str, ylabel: str,

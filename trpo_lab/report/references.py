@@ -1,11 +1,13 @@
 """Published TRPO scores the report draws as reference lines, and the per-task scale its
 cross-task aggregates normalise by. docs/reports.md ("Reference scores") lists them too.
 
-Every published number is the final return of TRPO after 1M environment steps on
-the MuJoCo -v3 task of the same name (trpo_lab runs -v5, gymnasium 1.x: expect
-differences of a few percent); mean +- std over the source's seeds. The sources
-measure differently (best vs final, deterministic vs stochastic evaluation),
-which the `note` says.
+MuJoCo: the final return of TRPO after 1M environment steps on the -v3 task of
+the same name (trpo_lab runs -v5, gymnasium 1.x: expect differences of a few
+percent); mean +- std over the source's seeds. Atari: the TRPO paper's scores
+(Schulman et al. 2015, Table 1) after its own budget, about 500 iterations of
+100k steps, far more than a CPU run here reaches. The sources measure
+differently (best vs final, deterministic vs stochastic evaluation), which the
+`note` says; `budget` says after how much training.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Source:
     name: str
     note: str
     url: str
+    budget: str = "1M steps, -v3"
 
 
 TIANSHOU = Source("tianshou", "10 seeds, best average return",
@@ -27,6 +30,10 @@ TIANSHOU = Source("tianshou", "10 seeds, best average return",
 SB3_CONTRIB = Source("sb3-contrib", "3 seeds", "https://sb3-contrib.readthedocs.io/en/master/modules/trpo.html")
 RL_ZOO3 = Source("rl-zoo3", "1 agent", "https://github.com/DLR-RM/rl-baselines3-zoo/blob/master/benchmark.md")
 BASELINES = Source("OpenAI baselines", "no spread published", "https://github.com/openai/baselines")
+PAPER_SINGLE = Source("paper, single path", "Schulman et al. 2015, Table 1", "https://arxiv.org/abs/1502.05477",
+                      budget="~500 iterations x 100k steps")
+PAPER_VINE = Source("paper, vine", "Schulman et al. 2015, Table 1", "https://arxiv.org/abs/1502.05477",
+                    budget="~500 iterations x 100k steps")
 
 # task (env id without its version) -> [(source, mean, std or None)]
 PUBLISHED: dict[str, list[tuple[Source, float, Optional[float]]]] = {
@@ -37,6 +44,14 @@ PUBLISHED: dict[str, list[tuple[Source, float, Optional[float]]]] = {
     "Swimmer": [(TIANSHOU, 41, 20), (SB3_CONTRIB, 359, 2), (RL_ZOO3, 366, 2), (BASELINES, 95, None)],
     "Humanoid": [(TIANSHOU, 810, 126)],
     "InvertedDoublePendulum": [(TIANSHOU, 8435, 1073), (BASELINES, 6732, None)],
+    # The paper's seven games (ALE/<Game>-v5 here; the paper ran the ALE of 2015).
+    "ALE/BeamRider": [(PAPER_SINGLE, 1425.2, None), (PAPER_VINE, 859.5, None)],
+    "ALE/Breakout": [(PAPER_SINGLE, 10.8, None), (PAPER_VINE, 34.2, None)],
+    "ALE/Enduro": [(PAPER_SINGLE, 534.6, None), (PAPER_VINE, 430.8, None)],
+    "ALE/Pong": [(PAPER_SINGLE, 20.9, None), (PAPER_VINE, 20.9, None)],
+    "ALE/Qbert": [(PAPER_SINGLE, 1973.5, None), (PAPER_VINE, 7732.5, None)],
+    "ALE/Seaquest": [(PAPER_SINGLE, 1908.6, None), (PAPER_VINE, 788.4, None)],
+    "ALE/SpaceInvaders": [(PAPER_SINGLE, 568.4, None), (PAPER_VINE, 450.2, None)],
 }
 
 # Tasks whose best return is fixed by their definition (gymnasium's docs): +1 per step up to the time limit.
@@ -61,5 +76,5 @@ def normaliser(env_id: str) -> tuple[Optional[float], str]:
     scores = published(env_id)
     if scores:
         source, value, _ = max(scores, key=lambda s: s[1])
-        return float(value), f"the best published TRPO score at 1M steps ({value:g}, {source.name})"
+        return float(value), f"the best published TRPO score ({value:g}, {source.name}, {source.budget})"
     return None, ""
