@@ -28,12 +28,24 @@ def test_every_group_option_composes_and_validates(group, option):
     validate(cfg)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+ATARI_GAMES = ["pong", "breakout", "beam_rider", "enduro", "qbert", "seaquest", "space_invaders"]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml") if p.stem != "atari"))
 def test_every_experiment_preset_composes_validates_and_names_its_task(preset):
     cfg = to_config(_compose(f"experiment={preset}"))
     validate(cfg)
     task = preset.split("_", 1)[-1]
     assert cfg.env.id == to_config(_compose(f"env={task}")).env.id
+
+
+@pytest.mark.parametrize("game", ATARI_GAMES)
+def test_the_atari_preset_composes_with_every_game_of_the_paper(game):
+    """experiment=atari names no task: it is the pixel settings, for env=<game>."""
+    cfg = to_config(_compose(f"env={game}", "experiment=atari"))
+    validate(cfg)
+    assert cfg.env.id == to_config(_compose(f"env={game}")).env.id and cfg.env.preprocess == "atari"
+    assert cfg.network.type == "nature_cnn" and cfg.trpo.fisher_fraction == 0.1
 
 
 def test_zoo_presets_are_rl_zoo3_settings_in_trpo_labs_units():
