@@ -163,7 +163,7 @@ def test_torch_actor_log_probs_are_the_policy_s(dist):
     assert actor.deterministic(obs).shape[0] == 5
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "categorical"])
+@pytest.mark.parametrize("dist", DISTS)
 def test_torch_actor_draws_what_the_numpy_actor_draws(dist):
     """Same seed, same actions: the two acting paths differ only in float rounding."""
     from trpo_lab.torch_actor import TorchActor
