@@ -345,7 +345,7 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
 
 
 @pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
-def test_policy_lag_with_torch_actors_corrects_for_a_stale_behaviour_policy(env_id, tmp_path):
+def test_policy_lag_on_multi_binary_and_pixels_corrects_for_a_stale_behaviour_policy(env_id, tmp_path):
     from trpo_lab.trainer import train
 
     cfg = _cfg(env_id, 256 * 3, steps_per_iter=256, policy_lag=1)
