@@ -74,3 +74,59 @@ def test_categorical_actions_follow_the_policys_probabilities():
     counts = np.bincount(actions, minlength=3) / len(actions)
     np.testing.assert_allclose(counts, probs, atol=0.015)  # 20,000 draws: standard error < 0.004
     assert actor.deterministic(obs)[0] == probs.argmax()
+
+
+MULTI = {"multi_categorical": gym.spaces.MultiDiscrete([3, 2, 4]), "bernoulli": gym.spaces.MultiBinary(3)}
+
+
+def _multi_policy(dist: str, activation: str, obs_dim: int = 5):
+    torch.manual_seed(0)
+    policy = make_policy(obs_dim, MULTI[dist], [16, 16], activation, 0.0, True)
+    with torch.no_grad():  # out of the near-zero initial logits, so unequal probabilities show
+        for p in policy.net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    return policy
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu", "silu"])
+@pytest.mark.parametrize("dist", list(MULTI))
+def test_multi_discrete_and_binary_log_probs_are_the_policys(dist, activation):
+    policy = _multi_policy(dist, activation)
+    actor = policy.numpy_actor()
+    rng = np.random.default_rng(1)
+    steps, n = 7, 3
+    obs = rng.normal(size=(steps, n, 5))
+    noise, logp = actor.noise(rng, steps, n)
+    assert noise.shape == (steps, n, 3) and logp is None
+    draws = [actor.sample(obs[t], noise[t]) for t in range(steps)]
+    actions = np.stack([a for a, _ in draws]).reshape(-1, 3)
+    logps = np.stack([lp for _, lp in draws]).reshape(-1)
+    assert actions.dtype == np.int64 and all(MULTI[dist].contains(a) for a in actions)
+    flat_obs = obs.reshape(-1, 5)
+    with torch.no_grad():
+        expected = policy.log_prob(_torch(flat_obs), torch.from_numpy(actions)).numpy()
+        mode = policy.mode(_torch(flat_obs)).numpy()
+    assert len(np.unique(logps.round(3))) > 3  # the log-probs depend on the state and the action
+    np.testing.assert_allclose(logps, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(actor.deterministic(flat_obs), mode)
+
+
+@pytest.mark.parametrize("dist", list(MULTI))
+def test_multi_discrete_and_binary_actions_follow_the_policys_probabilities(dist):
+    """Each dimension's empirical frequencies over 20,000 draws against the torch policy's marginals."""
+    policy = _multi_policy(dist, "tanh")
+    actor = policy.numpy_actor()
+    rng = np.random.default_rng(2)
+    obs = rng.normal(size=(1, 5))
+    noise, _ = actor.noise(rng, 20000, 1)
+    actions = np.stack([actor.sample(obs, noise[t])[0][0] for t in range(len(noise))])
+    with torch.no_grad():
+        (params,) = policy.dist_params(_torch(obs))
+    if dist == "bernoulli":
+        marginals = [np.array([1.0 - p, p]) for p in torch.sigmoid(params[0]).numpy()]
+    else:
+        marginals = [s.exp().numpy() for s in torch.split(params[0], policy.nvec)]
+    assert max(p.max() - p.min() for p in marginals) > 0.1
+    for j, probs in enumerate(marginals):
+        counts = np.bincount(actions[:, j], minlength=len(probs)) / len(actions)
+        np.testing.assert_allclose(counts, probs, atol=0.015)  # standard error < 0.004

@@ -163,7 +163,7 @@ def test_torch_actor_log_probs_are_the_policy_s(dist):
     assert actor.deterministic(obs).shape[0] == 5
 
 
-@pytest.mark.parametrize("dist", ["gaussian", "categorical"])
+@pytest.mark.parametrize("dist", DISTS)
 def test_torch_actor_draws_what_the_numpy_actor_draws(dist):
     """Same seed, same actions: the two acting paths differ only in float rounding."""
     from trpo_lab.torch_actor import TorchActor
@@ -258,19 +258,59 @@ def test_nature_cnn_on_vector_observations_is_refused(tmp_path):
         train(_cfg("CartPole-v1", 512, network=NetworkConfig(type="nature_cnn")), tmp_path)
 
 
-def test_async_collection_refuses_what_its_numpy_workers_cannot_act(tmp_path):
+def test_async_collection_refuses_cnns_its_numpy_workers_cannot_act(tmp_path):
     from trpo_lab.trainer import train
 
-    with pytest.raises(EnvError, match="trainer.collection=async takes MLP policies"):
-        train(_cfg("toy_envs:ToyMultiDiscrete-v0", 512, collection="async"), tmp_path)
+    with pytest.raises(EnvError, match="trainer.collection=async takes MLP policies on the CPU .* not CNNs on images"
+                                       ".* gives nature_cnn"):
+        train(_cfg("toy_envs:ToyPixel-v0", 512, collection="async"), tmp_path)
 
 
-@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
-def test_subproc_vec_env_refuses_images_and_multi_actions(env_id, tmp_path):
+@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiDiscrete-v0", "toy_envs:ToyMultiBinary-v0"])
+def test_an_async_batch_on_multi_actions_is_its_policys(env_id):
+    """The rollout workers' numpy actor on MultiDiscrete and MultiBinary: valid actions, and the
+    log-probabilities the torch policy gives them."""
+    from trpo_lab.async_collection import AsyncCollector
+    from trpo_lab.trainer import build_agent
+
+    cfg = _cfg(env_id, 512, collection="async", rollout_workers=2, steps_per_iter=64)
+    T, N = 32, 2
+    collector = AsyncCollector(cfg, T, N, seed=7)
+    try:
+        agent = build_agent(cfg, collector.observation_space, collector.action_space)
+        with torch.no_grad():
+            for p in agent.policy.net.parameters():  # away from the near-uniform initial policy
+                p.add_(0.5 * torch.randn_like(p))
+        rollout = collector.collect(agent, 0)
+        actions = rollout.actions.reshape(T * N, -1)
+        assert actions.dtype == np.int64 and all(collector.action_space.contains(a) for a in actions)
+        with torch.no_grad():
+            logp = agent.policy.log_prob(torch.from_numpy(rollout.obs.reshape(T * N, -1)), torch.from_numpy(actions))
+        assert logp.std() > 0.05
+        np.testing.assert_allclose(rollout.behaviour_logp.reshape(-1), logp.numpy(), rtol=1e-4, atol=1e-4)
+    finally:
+        collector.close()
+
+
+def test_async_training_on_multi_discrete_completes_and_resumes(tmp_path):
+    """Async runs do not repeat step for step (the lag is what the timing gives), so the resumed
+    run is checked for continuing: the iterations after the checkpoint, and the agent it held."""
     from trpo_lab.trainer import train
 
-    with pytest.raises(EnvError, match="trainer.vec_env=subproc takes vector observations"):
-        train(_cfg(env_id, 512, vec_env="subproc"), tmp_path)
+    def cfg(resume="auto"):
+        c = _cfg("toy_envs:ToyMultiDiscrete-v0", 256 * 4, steps_per_iter=256, eval_every=1, eval_episodes=1,
+                 checkpoint_every=1, resume=resume, collection="async")
+        c.trpo.value_epochs = 2
+        return c
+
+    evals = []
+    stopped = train(cfg(), tmp_path / "stopped", on_eval=lambda steps, ret: evals.append(steps) or len(evals) == 2)
+    assert stopped["status"] == "pruned"
+    resumed = train(cfg(resume=str(tmp_path / "stopped")), tmp_path / "elsewhere")
+    assert resumed["status"] == "completed" and resumed["env_steps"] == 256 * 4
+    rows = read_jsonl(tmp_path / "stopped" / "metrics.jsonl")
+    assert [r[M.ITERATION] for r in rows] == [1, 2, 3, 4]
+    assert all(0 <= r[M.POLICY_LAG_MAX] <= 1 for r in rows)
 
 
 # Returns per 10-step episode: (random policy's mean, threshold, best possible).
@@ -305,7 +345,7 @@ def test_cnn_policy_learns_tiny_pixel_task(tmp_path):
 
 
 @pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiBinary-v0", "toy_envs:ToyPixel-v0"])
-def test_policy_lag_with_torch_actors_corrects_for_a_stale_behaviour_policy(env_id, tmp_path):
+def test_policy_lag_on_multi_binary_and_pixels_corrects_for_a_stale_behaviour_policy(env_id, tmp_path):
     from trpo_lab.trainer import train
 
     cfg = _cfg(env_id, 256 * 3, steps_per_iter=256, policy_lag=1)
@@ -316,22 +356,26 @@ def test_policy_lag_with_torch_actors_corrects_for_a_stale_behaviour_policy(env_
     assert rows[2][M.BEHAVIOUR_KL] > 0.0 and rows[2][M.IS_ESS] < 1.0
 
 
-@pytest.mark.parametrize("env_id", ["toy_envs:ToyMultiDiscrete-v0", "toy_envs:ToyPixel-v0"])
-def test_run_stopped_and_resumed_equals_uninterrupted(env_id, tmp_path):
-    """Exact resume through the torch paths: TorchActor's noise, the CNN critic's Adam state."""
+@pytest.mark.parametrize("env_id,vec_env", [("toy_envs:ToyMultiDiscrete-v0", "sync"),
+                                            ("toy_envs:ToyPixel-v0", "sync"), ("toy_envs:ToyPixel-v0", "subproc")])
+def test_run_stopped_and_resumed_equals_uninterrupted(env_id, vec_env, tmp_path):
+    """Exact resume through the numpy MultiDiscrete actor, the torch CNN path (TorchActor's noise,
+    the CNN critic's Adam state) and subproc's uint8 images: the interrupted run steps its
+    environments with `vec_env`, the uninterrupted one in this process, and the numbers agree."""
     from trpo_lab.trainer import train
 
-    def cfg(resume="auto"):
+    def cfg(resume="auto", vec_env="sync"):
         c = _cfg(env_id, 256 * 4, steps_per_iter=256, eval_every=1, eval_episodes=1, checkpoint_every=1,
-                 resume=resume)
+                 resume=resume, vec_env=vec_env)
         c.trpo.value_epochs = 2
         return c
 
     train(cfg(), tmp_path / "straight")
     evals = []
-    stopped = train(cfg(), tmp_path / "stopped", on_eval=lambda steps, ret: evals.append(steps) or len(evals) == 2)
+    stopped = train(cfg(vec_env=vec_env), tmp_path / "stopped",
+                    on_eval=lambda steps, ret: evals.append(steps) or len(evals) == 2)
     assert stopped["status"] == "pruned"
-    resumed = train(cfg(resume=str(tmp_path / "stopped")), tmp_path / "elsewhere")
+    resumed = train(cfg(resume=str(tmp_path / "stopped"), vec_env=vec_env), tmp_path / "elsewhere")
     assert resumed["status"] == "completed"
     drop = (M.WALL_TIME, M.STEPS_PER_S)
     rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(tmp_path / d / "metrics.jsonl")]

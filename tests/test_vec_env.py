@@ -2,8 +2,11 @@
 import os
 import signal
 
+import gymnasium as gym
 import numpy as np
 import pytest
+
+import toy_envs  # registers the toy ids
 
 from trpo_lab.config import EnvConfig
 from trpo_lab.envs import EnvError
@@ -41,6 +44,59 @@ def test_subproc_vec_env_steps_like_sync(env_id, n_envs, n_workers):
             for i in a.final_obs:
                 np.testing.assert_array_equal(a.final_obs[i], b.final_obs[i])
             assert a.episodes == b.episodes
+    finally:
+        sync.close()
+        subproc.close()
+
+
+def _random_actions(space, n: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, gym.spaces.Discrete):
+        return rng.integers(0, space.n, size=n)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return rng.integers(0, space.nvec, size=(n, len(space.nvec)))
+    return rng.integers(0, 2, size=(n, space.n))
+
+
+PONG = EnvConfig(id="ALE/Pong-v5", kwargs={"frameskip": 1, "repeat_action_probability": 0.25}, preprocess="atari")
+
+
+@pytest.mark.parametrize("cfg,steps", [
+    (EnvConfig(id="toy_envs:ToyMultiDiscrete-v0"), 40), (EnvConfig(id="toy_envs:ToyMultiBinary-v0"), 40),
+    (EnvConfig(id="toy_envs:ToyPixel-v0"), 40), (PONG, 30),
+], ids=["multi_discrete", "multi_binary", "pixel", "pong"])
+def test_subproc_vec_env_steps_like_sync_on_every_space(cfg, steps):
+    """Images (uint8 in shared memory, as the environment gives them), MultiDiscrete and MultiBinary
+    actions: the same observations, dtype included, rewards and episode ends, and environment
+    states moved both ways between the two mid-run (10-step toy episodes: resets happen)."""
+    if cfg.id.startswith("ALE/"):
+        pytest.importorskip("ale_py")
+        pytest.importorskip("cv2")
+    n = 3
+    sync, subproc = SyncVecEnv(cfg, n, seed=3), SubprocVecEnv(cfg, n, seed=3, n_workers=2)
+    try:
+        image = len(sync.observation_space.shape) > 1
+        first = sync.reset()
+        assert first.dtype == (np.uint8 if image else np.float64)
+        np.testing.assert_array_equal(first, subproc.reset())
+        assert subproc._shared["obs"].dtype == first.dtype
+        rng, ended = np.random.default_rng(0), 0
+        for t in range(steps):
+            if t == steps // 3:
+                subproc.set_state(sync.get_state())
+            if t == 2 * steps // 3:
+                sync.set_state(subproc.get_state())
+            actions = _random_actions(sync.action_space, n, rng)
+            a, b = sync.step(actions), subproc.step(actions)
+            assert a.obs.dtype == b.obs.dtype == first.dtype
+            for field in ("obs", "rewards", "terminated", "truncated"):
+                np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+            assert a.final_obs.keys() == b.final_obs.keys()
+            for i in a.final_obs:
+                assert a.final_obs[i].dtype == b.final_obs[i].dtype == first.dtype
+                np.testing.assert_array_equal(a.final_obs[i], b.final_obs[i])
+            assert a.episodes == b.episodes
+            ended += len(a.final_obs)
+        assert ended == (0 if cfg is PONG else n * (steps // toy_envs.LENGTH))  # resets happened
     finally:
         sync.close()
         subproc.close()

@@ -27,7 +27,6 @@ import os
 from collections import deque
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -36,8 +35,8 @@ from trpo_lab.collection import Rollout
 from trpo_lab.envs import EnvError, make_env
 from trpo_lab.networks import network_kind
 from trpo_lab.vec_env import _EpisodeTracker
-from trpo_lab.rollout_worker import (RESET_SEED, SLOTS, STOP, VERSION, PolicyLayout, SharedArrays,
-                                     channel_spec, run, slot_spec)
+from trpo_lab.rollout_worker import RESET_SEED, SLOTS, STOP, VERSION, PolicyLayout, channel_spec, run, slot_spec
+from trpo_lab.workers import SharedArrays
 
 
 class RolloutWorkerError(EnvError):
@@ -57,11 +56,12 @@ class AsyncCollector:
         probe = make_env(cfg.env)  # a bad env fails here, with a clear message, before any worker starts
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         probe.close()
-        if not isinstance(self.action_space, (gym.spaces.Box, gym.spaces.Discrete)) or \
-                network_kind(cfg.network.type, self.observation_space) != "mlp" or cfg.trainer.device != "cpu":
-            raise EnvError(f"trainer.collection=async takes MLP policies on the CPU with Box or Discrete actions "
-                           f"(its workers act in numpy); env.id={cfg.env.id!r} has {self.observation_space} -> "
-                           f"{self.action_space}: use trainer.collection=sync")
+        kind = network_kind(cfg.network.type, self.observation_space)
+        if kind != "mlp" or cfg.trainer.device != "cpu":
+            raise EnvError(f"trainer.collection=async takes MLP policies on the CPU (its workers act in numpy), "
+                           f"not CNNs on images; env.id={cfg.env.id!r} has {self.observation_space} -> "
+                           f"{self.action_space}, network.type={cfg.network.type!r} gives {kind}, "
+                           f"trainer.device={cfg.trainer.device!r}: use trainer.collection=sync")
         self.T, self.N, self.seed = T, N, seed
         self.episodes: deque = deque(maxlen=100)
         self._tracker = _EpisodeTracker(N)
@@ -70,17 +70,13 @@ class AsyncCollector:
         self._held: int | None = None  # the slot the trainer is learning from
         self._published = False
         obs_dim = int(np.prod(self.observation_space.shape))
-        discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        act_dim = 1 if discrete else int(np.prod(self.action_space.shape))
-        out_dim = int(self.action_space.n) if discrete else act_dim
-        net = cfg.network
-        self.layout = PolicyLayout([obs_dim, *net.hidden, out_dim], net.activation, gaussian=not discrete)
+        self.layout = PolicyLayout.of(obs_dim, cfg.network.hidden, cfg.network.activation, self.action_space)
 
         ctx = workers.context()
         n_workers = cfg.trainer.rollout_workers or default_workers(N)
         self.groups = [list(map(int, g)) for g in np.array_split(np.arange(N), n_workers)]
         channel = SharedArrays(ctx, channel_spec(self.layout, obs_dim))
-        slots = [SharedArrays(ctx, slot_spec(T, N, obs_dim, act_dim, out_dim, discrete)) for _ in range(SLOTS)]
+        slots = [SharedArrays(ctx, slot_spec(T, N, obs_dim, self.layout)) for _ in range(SLOTS)]
         status = SharedArrays(ctx, {"status": ((n_workers,), np.int64)})
         self._channel, self._slots, self._status = channel.views(), [s.views() for s in slots], status.views()["status"]
         self._channel["header"][VERSION] = -1

@@ -23,7 +23,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from trpo_lab.envs import EnvError
 from trpo_lab.vec_env import SyncVecEnv, make_vec_env
 
 
@@ -145,12 +144,6 @@ class SyncCollector:
         tc = cfg.trainer
         self.venv = make_vec_env(cfg.env, N, seed, tc.vec_env)
         self.observation_space, self.action_space = self.venv.observation_space, self.venv.action_space
-        if tc.vec_env == "subproc" and (len(self.observation_space.shape) != 1 or not isinstance(
-                self.action_space, (gym.spaces.Box, gym.spaces.Discrete))):
-            self.venv.close()
-            raise EnvError(f"trainer.vec_env=subproc takes vector observations and Box or Discrete actions; "
-                           f"env.id={cfg.env.id!r} has {self.observation_space} -> {self.action_space}: "
-                           "use trainer.vec_env=sync")
         self.rng = np.random.default_rng(seed)
         self.episodes: deque = deque(maxlen=100)
         self.policy_lag = tc.policy_lag

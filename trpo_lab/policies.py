@@ -10,11 +10,11 @@ Four policies share one interface (`Policy`):
     BernoulliPolicy         MultiBinary actions: independent Bernoullis, sigmoid of logits
 
 `net` is an MLP (`mlp`) or any module from trpo_lab/networks.py (the Nature CNN).
-Acting during collection goes through `Policy.actor()`: for an MLP Gaussian or
-categorical policy a `NumpyActor` (trpo_lab/actor.py), a numpy copy of the
-weights taken once per iteration (a forward pass for a handful of observations
-costs microseconds in numpy and over a hundred in torch); otherwise a
-`TorchActor` (trpo_lab/torch_actor.py) that runs the policy itself.
+Acting during collection goes through `Policy.actor()`: for an MLP policy a
+`NumpyActor` (trpo_lab/actor.py), a numpy copy of the weights taken once per
+iteration (a forward pass for a handful of observations costs microseconds in
+numpy and over a hundred in torch); for any other net (the CNN) a `TorchActor`
+(trpo_lab/torch_actor.py) that runs the policy itself.
 """
 from __future__ import annotations
 
@@ -135,8 +135,8 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def has_numpy_actor(self) -> bool:
-        """Whether `numpy_actor` exists: MLP Gaussian and categorical policies."""
-        return False
+        """Whether `numpy_actor` exists: for every MLP policy."""
+        return is_mlp(self.net)
 
     def actor(self):
         """What collection and evaluation act with: the numpy copy where there is one, else the
@@ -218,9 +218,6 @@ class GaussianPolicy(Policy):
         return NumpyActor.of(self.net, self.activation,
                              log_std=self.log_std.detach().cpu().numpy().astype(np.float64))
 
-    def has_numpy_actor(self) -> bool:
-        return is_mlp(self.net)
-
     noise_kind = "normal"
 
     def noise_dim(self) -> int:
@@ -277,9 +274,6 @@ class CategoricalPolicy(Policy):
 
     def numpy_actor(self) -> "NumpyActor":
         return NumpyActor.of(self.net, self.activation, log_std=None)
-
-    def has_numpy_actor(self) -> bool:
-        return is_mlp(self.net)
 
     def noise_dim(self) -> int:
         return 1
@@ -349,6 +343,9 @@ class MultiCategoricalPolicy(Policy):
     def mode(self, obs):
         return torch.stack([z.argmax(-1) for z in self._segments(self.net(obs))], -1)
 
+    def numpy_actor(self) -> "NumpyActor":
+        return NumpyActor.of(self.net, self.activation, log_std=None, nvec=self.nvec)
+
 
 class BernoulliPolicy(Policy):
     """Independent Bernoullis with P(a_i = 1) = sigmoid(z_i), logits z from `net` (MultiBinary actions [B, n])."""
@@ -399,6 +396,9 @@ class BernoulliPolicy(Policy):
 
     def mode(self, obs):
         return (self.net(obs) > 0).long()
+
+    def numpy_actor(self) -> "NumpyActor":
+        return NumpyActor.of(self.net, self.activation, log_std=None, bernoulli=True)
 
 
 class ValueNet(nn.Module):

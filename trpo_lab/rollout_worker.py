@@ -26,7 +26,6 @@ untrained identity for the first batches, learned far worse on Hopper
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -42,31 +41,41 @@ SLOTS = 2
 VERSION, RESET_SEED, STOP = range(3)
 
 
-class SharedArrays:
-    """Named numpy arrays in shared memory: made by the parent, passed to workers as process
-    arguments, viewed as arrays on both sides (`views`)."""
-
-    def __init__(self, ctx, spec: dict[str, tuple[tuple[int, ...], Any]]):
-        self.spec = {name: (tuple(shape), np.dtype(dtype).str) for name, (shape, dtype) in spec.items()}
-        self.raw = {name: ctx.RawArray("B", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
-                    for name, (shape, dtype) in self.spec.items()}
-
-    def views(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(self.raw[name], dtype=dtype, count=int(np.prod(shape))).reshape(shape)
-                for name, (shape, dtype) in self.spec.items()}
-
-
 @dataclass
 class PolicyLayout:
-    """Where the actor's numbers sit in the channel's flat parameter vector.
+    """Where the actor's numbers sit in the channel's flat parameter vector, and its distribution.
 
     widths: [obs_dim, hidden..., out_dim]; per layer its weight transposed
     [in, out] then its bias [out]; then, for a Gaussian policy, log_std [act_dim].
+    The distribution as NumpyActor takes it: Gaussian, independent categoricals
+    over `nvec` (MultiDiscrete), independent Bernoullis (MultiBinary), else one
+    categorical (Discrete).
     """
 
     widths: list[int]
     activation: str
     gaussian: bool
+    nvec: list[int] | None = None
+    bernoulli: bool = False
+
+    @classmethod
+    def of(cls, obs_dim: int, hidden: list[int], activation: str, action_space: gym.Space) -> "PolicyLayout":
+        """The layout of the MLP policy that policies.make_policy builds for `action_space`."""
+        if isinstance(action_space, gym.spaces.Box):
+            return cls([obs_dim, *hidden, int(np.prod(action_space.shape))], activation, gaussian=True)
+        if isinstance(action_space, gym.spaces.Discrete):
+            return cls([obs_dim, *hidden, int(action_space.n)], activation, gaussian=False)
+        if isinstance(action_space, gym.spaces.MultiDiscrete):
+            nvec = [int(n) for n in action_space.nvec]
+            return cls([obs_dim, *hidden, sum(nvec)], activation, gaussian=False, nvec=nvec)
+        return cls([obs_dim, *hidden, int(action_space.shape[0])], activation, gaussian=False, bernoulli=True)
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """One action's shape: [act_dim] (Gaussian, Bernoulli), [k] (MultiDiscrete) or [] (Discrete)."""
+        if self.nvec is not None:
+            return (len(self.nvec),)
+        return (self.widths[-1],) if self.gaussian or self.bernoulli else ()
 
     @property
     def size(self) -> int:
@@ -82,7 +91,7 @@ class PolicyLayout:
             biases.append(flat[offset:offset + b])
             offset += b
         log_std = flat[offset:offset + self.widths[-1]] if self.gaussian else None
-        return NumpyActor(weights, biases, self.activation, log_std)
+        return NumpyActor(weights, biases, self.activation, log_std, self.nvec, self.bernoulli)
 
     def write(self, actor: NumpyActor, flat: np.ndarray) -> None:
         """Put `actor`'s numbers into `flat`."""
@@ -103,14 +112,15 @@ def channel_spec(layout: PolicyLayout, obs_dim: int) -> dict:
             "norm_meta": ((4,), np.float64), "header": ((3,), np.int64)}
 
 
-def slot_spec(T: int, N: int, obs_dim: int, act_dim: int, out_dim: int, discrete: bool) -> dict:
+def slot_spec(T: int, N: int, obs_dim: int, layout: PolicyLayout) -> dict:
     """One batch: what the trainer's Rollout needs, plus the raw observations (for the normaliser's
     statistics) and beta's distribution (net output, and log-std for a Gaussian)."""
+    out_dim = layout.widths[-1]
     return {
         "obs": ((T, N, obs_dim), np.float32), "raw_obs": ((T, N, obs_dim), np.float64),
-        "actions": ((T, N) if discrete else (T, N, act_dim), np.int64 if discrete else np.float32),
+        "actions": ((T, N, *layout.action_shape), np.float32 if layout.gaussian else np.int64),
         "behaviour_logp": ((T, N), np.float64), "dist_out": ((T, N, out_dim), np.float32),
-        "log_std": ((T, N, 0 if discrete else act_dim), np.float32),
+        "log_std": ((T, N, out_dim if layout.gaussian else 0), np.float32),
         "rewards": ((T, N), np.float64), "terminated": ((T, N), np.bool_), "truncated": ((T, N), np.bool_),
         "final_obs": ((T, N, obs_dim), np.float32), "versions": ((T, N), np.int64),
         "last_obs": ((N, obs_dim), np.float32), "last_raw_obs": ((N, obs_dim), np.float64),
@@ -118,8 +128,8 @@ def slot_spec(T: int, N: int, obs_dim: int, act_dim: int, out_dim: int, discrete
 
 
 def run(w: int, env_ids: list[int], env_cfg: EnvConfig, layout: PolicyLayout, T: int, seed: int,
-        channel: SharedArrays, lock, slots: list[SharedArrays], status: SharedArrays, free, filled,
-        errors, parent_pid: int) -> None:
+        channel: workers.SharedArrays, lock, slots: list[workers.SharedArrays], status: workers.SharedArrays,
+        free, filled, errors, parent_pid: int) -> None:
     """Rollout worker w: steps environments env_ids (columns of the slots) batch after batch."""
     workers.blas_threads(1)
     envs: list[gym.Env] = []
@@ -157,7 +167,7 @@ class _Worker:
         self.rng = np.random.default_rng([seed, w])
         space = envs[0].action_space
         self.discrete = isinstance(space, gym.spaces.Discrete)
-        if not self.discrete:
+        if layout.gaussian:
             self.low, self.high = space.low, space.high
 
     def refresh(self, seen: np.ndarray | None = None) -> None:
@@ -205,8 +215,9 @@ class _Worker:
         rewards, terminated, truncated, final_out = (slot[k] for k in ("rewards", "terminated", "truncated",
                                                                        "final_obs"))
         obs_n = np.empty_like(obs)
-        if self.discrete:
-            uniform = self.rng.random((T, n, 1))
+        gaussian = self.layout.gaussian
+        if not gaussian:
+            uniform, _ = self.actor.noise(self.rng, T, n)
         else:
             eps = self.rng.standard_normal((T, n, self.low.size))
             half_sq = 0.5 * (eps * eps).sum(-1)
@@ -222,7 +233,7 @@ class _Worker:
             actor = self.actor
             out = actor.forward(obs_n)
             dist_out[t, c] = out
-            if self.discrete:
+            if not gaussian:
                 actions, logp = actor.sample_output(out, uniform[t])
                 logp_out[t, c] = logp
                 act_out[t, c] = actions

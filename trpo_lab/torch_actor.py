@@ -1,4 +1,4 @@
-"""Acting through torch, for the policies without a numpy copy (CNNs, MultiDiscrete, MultiBinary).
+"""Acting through torch, for the policies without a numpy copy (those whose net is not an MLP: the CNN).
 
 `TorchActor` has the interface collection and evaluation use (`noise`, `sample`,
 `deterministic`; see `actor.NumpyActor`) and runs the policy itself, on the

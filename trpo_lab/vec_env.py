@@ -4,7 +4,8 @@
 steps a share of them in worker processes. Both reset an environment as soon as
 its episode ends and hand back the final observation of that episode
 separately, so the trainer can bootstrap episodes cut by a time limit with
-V(s_final).
+V(s_final). Observations are held as `obs_dtype` says: images as the uint8
+they are, everything else as float64.
 """
 from __future__ import annotations
 
@@ -20,6 +21,23 @@ from trpo_lab import workers
 from trpo_lab.config import EnvConfig
 from trpo_lab.env_state import get_env_state, set_env_state
 from trpo_lab.envs import EnvError, make_env
+from trpo_lab.networks import is_image_space
+
+
+def obs_dtype(space: gym.Space) -> type:
+    """How a vector env holds observations of `space`: uint8 for an image (a float64 copy of
+    Atari's [4, 84, 84] would be 8 times the memory and copying), float64 otherwise."""
+    return np.uint8 if is_image_space(space) else np.float64
+
+
+def action_spec(n: int, space: gym.Space) -> tuple[tuple[int, ...], type]:
+    """(shape, dtype) of the actions of n environments: float64 [n, act_dim] (Box), int64 [n]
+    (Discrete) or int64 [n, k] (MultiDiscrete, MultiBinary)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return (n,), np.int64
+    if isinstance(space, gym.spaces.Box):
+        return (n, int(np.prod(space.shape))), np.float64
+    return (n, int(np.prod(space.shape))), np.int64
 
 
 @dataclass
@@ -77,7 +95,7 @@ class SyncVecEnv:
 
     def _allocate(self) -> None:
         n, shape = self.num_envs, self.observation_space.shape
-        self._obs = np.zeros((n, *shape))
+        self._obs = np.zeros((n, *shape), dtype=obs_dtype(self.observation_space))
         self._rewards = np.zeros(n)
         self._terminated = np.zeros(n, dtype=bool)
         self._truncated = np.zeros(n, dtype=bool)
@@ -87,7 +105,7 @@ class SyncVecEnv:
         for i, env in enumerate(self.envs):
             env.action_space.seed(self.seed + i)
             obs.append(env.reset(seed=self.seed + i)[0])
-        return np.asarray(obs, dtype=np.float64)
+        return np.asarray(obs, dtype=self._obs.dtype)
 
     def step(self, actions: np.ndarray) -> StepResult:
         self.step_async(actions)
@@ -116,7 +134,7 @@ class SyncVecEnv:
         for i, env in enumerate(self.envs):
             obs, self._rewards[i], terminated, truncated, _ = env.step(self._actions[i])
             if terminated or truncated:
-                final_obs[i] = np.asarray(obs, dtype=np.float64)
+                final_obs[i] = np.asarray(obs, dtype=self._obs.dtype)
                 obs, _ = env.reset()
             self._obs[i] = obs
             self._terminated[i], self._truncated[i] = terminated, truncated
@@ -139,32 +157,21 @@ class SyncVecEnv:
 _STEP, _RESET, _GET_STATE, _SET_STATE, _CLOSE = range(5)
 
 
-class _SharedArrays:
-    """What the parent and the workers exchange, in shared memory.
+def _shared_spec(n: int, observation_space: gym.Space, action_space: gym.Space, n_workers: int) -> dict:
+    """What the parent and the workers exchange, in shared memory (workers.SharedArrays).
 
-    Per environment: actions [N, act_dim] (float64; a Discrete action is
-    stored as a float), obs and final_obs [N, obs_dim] (float64), rewards [N]
-    (float64), terminated and truncated [N] (bool). The parent's step arrays
-    are these (its own environments write into them too), so a step copies
-    nothing. Per worker: control [W, 3] = (command, status, argument) (int64).
+    Per environment: actions (`action_spec`), obs and final_obs [N, *obs_shape]
+    (`obs_dtype`), rewards [N] (float64), terminated and truncated [N] (bool).
+    The parent's step arrays are these (its own environments write into them
+    too), so a step copies nothing. Per worker: control [W, 3] = (command,
+    status, argument) (int64).
     """
-
-    TYPES = {"actions": ("d", np.float64), "obs": ("d", np.float64), "final_obs": ("d", np.float64),
-             "rewards": ("d", np.float64), "terminated": ("b", np.bool_), "truncated": ("b", np.bool_),
-             "control": ("q", np.int64)}
-
-    def __init__(self, ctx, n: int, obs_dim: int, act_dim: int, n_workers: int):
-        self.shapes = {"actions": (n, act_dim), "obs": (n, obs_dim), "final_obs": (n, obs_dim),
-                       "rewards": (n,), "terminated": (n,), "truncated": (n,), "control": (n_workers, 3)}
-        self.raw = {name: ctx.RawArray(self.TYPES[name][0], int(np.prod(shape)))
-                    for name, shape in self.shapes.items()}
-
-    def views(self) -> dict[str, np.ndarray]:
-        return {name: np.frombuffer(raw, dtype=self.TYPES[name][1]).reshape(self.shapes[name])
-                for name, raw in self.raw.items()}
+    obs = ((n, *observation_space.shape), obs_dtype(observation_space))
+    return {"actions": action_spec(n, action_space), "obs": obs, "final_obs": obs, "rewards": ((n,), np.float64),
+            "terminated": ((n,), np.bool_), "truncated": ((n,), np.bool_), "control": ((n_workers, 3), np.int64)}
 
 
-def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, go, done,
+def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: workers.SharedArrays, go, done,
             remote, parent_remote, parent_pid: int) -> None:
     """Worker w: steps the environments env_ids on command (see the protocol above)."""
     parent_remote.close()
@@ -180,7 +187,7 @@ def _worker(w: int, env_ids: list[int], cfg: EnvConfig, shared: _SharedArrays, g
         command = int(control[0])
         if command == _STEP:
             for j, env in zip(env_ids, envs):
-                obs, reward, terminated, truncated, _ = env.step(int(actions[j, 0]) if discrete else actions[j].copy())
+                obs, reward, terminated, truncated, _ = env.step(int(actions[j]) if discrete else actions[j].copy())
                 if terminated or truncated:
                     final_out[j] = obs
                     obs, _ = env.reset()
@@ -246,13 +253,13 @@ class SubprocVecEnv(SyncVecEnv):
         self._groups = groups
         self._remote_from = k = len(groups[0])  # environments [k, N) live in workers
         ctx = workers.context()
-        act_dim = 1 if isinstance(self.action_space, gym.spaces.Discrete) else int(np.prod(self.action_space.shape))
-        shared = _SharedArrays(ctx, n_envs, int(np.prod(self.observation_space.shape)), act_dim, len(groups) - 1)
+        shared = workers.SharedArrays(ctx, _shared_spec(n_envs, self.observation_space, self.action_space,
+                                                        len(groups) - 1))
         self._shared = shared.views()
         self._control = self._shared["control"]
         self._command_sent: int | None = None
         # The step arrays are the shared ones: this process's environments write into them too.
-        self._obs = self._shared["obs"].reshape(n_envs, *self.observation_space.shape)
+        self._obs = self._shared["obs"]
         self._rewards, self._terminated, self._truncated = (self._shared[k] for k in
                                                             ("rewards", "terminated", "truncated"))
         self._remote_actions = self._shared["actions"][k:]
@@ -343,7 +350,7 @@ class SubprocVecEnv(SyncVecEnv):
         self._wait_all()
         for i in range(self._remote_from, self.num_envs):
             if self._terminated[i] or self._truncated[i]:
-                final_obs[i] = self._shared["final_obs"][i].reshape(self.observation_space.shape).copy()
+                final_obs[i] = self._shared["final_obs"][i].copy()
         return self._result(final_obs)
 
     def close(self) -> None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 SPIN_S = 0.002
@@ -34,6 +35,21 @@ OK, FAILED = 0, 1  # a worker's status word after each hand-back
 def context():
     """The multiprocessing context for workers: forkserver where there is one (no fork of a torch process)."""
     return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
+class SharedArrays:
+    """Named numpy arrays in shared memory, each of its own shape and dtype: made by the parent
+    from spec {name: (shape, dtype)}, passed to workers as process arguments, viewed as arrays
+    on both sides (`views`)."""
+
+    def __init__(self, ctx, spec: dict[str, tuple[tuple[int, ...], Any]]):
+        self.spec = {name: (tuple(shape), np.dtype(dtype).str) for name, (shape, dtype) in spec.items()}
+        self.raw = {name: ctx.RawArray("B", max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+                    for name, (shape, dtype) in self.spec.items()}
+
+    def views(self) -> dict[str, np.ndarray]:
+        return {name: np.frombuffer(self.raw[name], dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+                for name, (shape, dtype) in self.spec.items()}
 
 
 class Waiter:
