@@ -102,3 +102,31 @@ def test_evaluate_best_checkpoint_and_stochastic_episodes(tmp_path):
     assert episode_returns(cfg, agent, 3, 5, stochastic=True) == result["returns"]  # the seed decides them
     (run_dir / "checkpoints" / "best.pt").unlink()
     assert main([str(run_dir), "--checkpoint", "best"]) == 2
+
+
+def test_a_run_that_evaluates_sampled_actions_is_evaluated_so_again(tmp_path):
+    """trainer.eval_stochastic: the trainer's evaluations sample actions, and evaluate does the same
+    by default (the same mean as the run's final evaluation); --deterministic takes the most likely."""
+    from trpo_lab.config import eval_seed
+    from trpo_lab.evaluate import episode_returns, load_agent
+
+    cfg = Config()
+    cfg.env.id = "CartPole-v1"
+    t = cfg.trainer
+    t.total_steps, t.steps_per_iter, t.eval_episodes, t.progress, t.eval_stochastic = 1024, 512, 3, False, True
+    cfg.trpo.value_epochs = 2
+    cfg.logger.wandb.mode = "disabled"
+    run_dir = tmp_path / "run"
+    summary = train(cfg, run_dir)
+    run_cfg, agent, _ = load_agent(run_dir)
+    seed = eval_seed(run_cfg.trainer)
+    sampled = episode_returns(run_cfg, agent, 3, seed, stochastic=True)
+    assert summary["eval_return"] == pytest.approx(sum(sampled) / 3, abs=1e-9)
+    assert sampled != episode_returns(run_cfg, agent, 3, seed)  # the deterministic policy plays otherwise
+    proc = run_cli(str(run_dir), "-n", "3", "--no-video", cwd=tmp_path, module="trpo_lab.evaluate", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((run_dir / "evaluation.json").read_text())
+    assert result["policy"] == "stochastic" and result["return_mean"] == pytest.approx(summary["eval_return"])
+    proc = run_cli(str(run_dir), "-n", "3", "--no-video", "--deterministic", cwd=tmp_path,
+                   module="trpo_lab.evaluate", timeout=120)
+    assert proc.returncode == 0 and json.loads((run_dir / "evaluation.json").read_text())["policy"] == "deterministic"

@@ -109,6 +109,10 @@ class TrainerConfig:
     # Evaluate every this many iterations (0: only at the end of the run).
     eval_every: int = 25
     eval_episodes: int = 10
+    # Evaluate the policy's sampled actions instead of its mean or most likely action. For games
+    # such as Breakout, where a deterministic policy that never presses FIRE after a lost life
+    # plays on without the ball until the emulator's limit (27k steps a game).
+    eval_stochastic: bool = False
     # torch intra-op threads and numpy BLAS threads; 1 is fastest for these small networks.
     threads: int = 1
     # Save a checkpoint every this many iterations (the last one is always saved).

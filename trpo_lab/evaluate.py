@@ -9,9 +9,10 @@ Loads `RUN_DIR/checkpoints/last.pt` as data only (checkpoint.py; a damaged
 one falls back to `previous.pt` or is one line naming the file) (`--checkpoint best`: `best.pt`, the policy
 of the run's best evaluation; each holds the policy, its observation normaliser
 and the run's own config), runs N episodes seeded seed, seed+1, ..., and prints
-their mean and spread. Episodes are deterministic (the policy's mean or most
-likely action) unless `--stochastic` (actions sampled from the policy, with the
-episode's seed). The numbers are also written to `RUN_DIR/evaluation.json`.
+their mean and spread. Episodes are as the run evaluated: deterministic (the
+policy's mean or most likely action) unless it set `trainer.eval_stochastic`
+(actions sampled from the policy, with the episode's seed); `--stochastic` and
+`--deterministic` choose. The numbers are also written to `RUN_DIR/evaluation.json`.
 
 With a renderer it also saves a video of the first episode under
 `RUN_DIR/videos/` (MP4 with imageio-ffmpeg, else GIF). MuJoCo tasks render
@@ -202,8 +203,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="seed of the first episode (default: the run's evaluation seed, trainer.seed + 10000)")
     parser.add_argument("--checkpoint", choices=tuple(NAMES), default="last",
                         help="last: the end of training (default); best: the policy of the best evaluation")
-    parser.add_argument("--stochastic", action="store_true",
-                        help="sample actions from the policy instead of taking its mean or most likely action")
+    policy = parser.add_mutually_exclusive_group()
+    policy.add_argument("--stochastic", action="store_true",
+                        help="sample actions from the policy instead of taking its mean or most likely action "
+                             "(default: as the run evaluated, trainer.eval_stochastic)")
+    policy.add_argument("--deterministic", action="store_true",
+                        help="the policy's mean or most likely action, whatever trainer.eval_stochastic says")
     parser.add_argument("--no-video", action="store_true", help="do not try to render")
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -220,8 +225,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"trpo_lab.evaluate: error: {err}", file=sys.stderr)
         return 2
     seed = eval_seed(cfg.trainer) if args.seed is None else args.seed
-    returns = episode_returns(cfg, agent, args.episodes, seed, args.stochastic)
-    policy = "stochastic" if args.stochastic else "deterministic"
+    stochastic = args.stochastic or (cfg.trainer.eval_stochastic and not args.deterministic)
+    returns = episode_returns(cfg, agent, args.episodes, seed, stochastic)
+    policy = "stochastic" if stochastic else "deterministic"
     result = {
         "env_id": cfg.env.id, "checkpoint": args.checkpoint, "policy": policy,
         "iteration": checkpoint["iteration"], "env_steps": checkpoint["env_steps"],
@@ -235,7 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.no_video:
         result["video"] = None
     else:
-        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem, args.stochastic)
+        video, message = record_video(cfg, agent, seed, args.run_dir / "videos", gl_problem, stochastic)
         result["video"] = str(video) if video else None
         print(message)
     write_json_atomic(args.run_dir / "evaluation.json", result)

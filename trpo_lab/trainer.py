@@ -121,8 +121,10 @@ def _finish_value_fit(fit: PendingFit, epochs: int) -> float:
 
 
 def _evaluate(cfg: Config, agent: Agent) -> tuple[float, float]:
-    """Mean and std of the deterministic policy's return over trainer.eval_episodes episodes."""
-    returns = episode_returns(cfg, agent, cfg.trainer.eval_episodes, eval_seed(cfg.trainer))
+    """Mean and std of the policy's return over trainer.eval_episodes episodes: the deterministic
+    policy's, or with trainer.eval_stochastic the sampled actions'."""
+    returns = episode_returns(cfg, agent, cfg.trainer.eval_episodes, eval_seed(cfg.trainer),
+                              stochastic=cfg.trainer.eval_stochastic)
     return float(np.mean(returns)), float(np.std(returns))
 
 
