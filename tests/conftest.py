@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Keep wandb quiet and local in every test, whatever the developer's machine says.
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
+
+# The Ctrl-C tests send SIGINT to the runs and sweepers they start. A shell that starts the suite
+# as a background job (`cmd &` without job control) sets SIGINT to ignored, every child inherits
+# that, and Python then raises no KeyboardInterrupt. A handler here is reset to the default in
+# every child at exec, so the children see Ctrl-C as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cli_env() -> dict[str, str]:
