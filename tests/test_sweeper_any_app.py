@@ -145,6 +145,28 @@ def test_custom_search_space_suggests_more_params_per_trial(tmp_path):
     assert any(o.startswith("+w=") for o in overrides)
 
 
+def test_enqueued_points_run_first_once_per_study_and_a_bad_point_is_refused(tmp_path):
+    # The first point is the app's own settings (interpolated), the second names x only: y is sampled.
+    conf = SPHERE_CONF.replace("    n_trials: 6\n", "    n_trials: 6\n    enqueue:\n"
+                               "      - {x: '${x}', y: '${y}'}\n      - {x: -1.5}\n")
+    app = write_app(tmp_path, SPHERE, conf)
+    r = run_app(app, f"hydra.sweep.dir={tmp_path / 's'}", "hydra.sweeper.n_trials=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = study_of(tmp_path / "s", "sphere").trials
+    assert trials[0].params == {"x": 1.0, "y": 1} and trials[0].value == 2.0
+    assert trials[1].params["x"] == -1.5 and trials[1].params["y"] in (-1, 0, 1)
+    assert [t.user_attrs.get("enqueued", False) for t in trials] == [True, True, False]
+    r = run_app(app, f"hydra.sweep.dir={tmp_path / 's'}", "hydra.sweeper.n_trials=5")  # resume: not queued again
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = study_of(tmp_path / "s", "sphere").trials
+    assert len(trials) == 5 and sum(t.user_attrs.get("enqueued", False) for t in trials) == 2
+    for point, message in [("[{z:1}]", "hydra.sweeper.enqueue[0]: z is not a searched parameter; the searched ones are x, y"),
+                           ("[{x:1},{x:7}]", "hydra.sweeper.enqueue[1]: x=7 is outside its search space")]:
+        r = run_app(app, f"hydra.sweep.dir={tmp_path / 'bad'}", f"hydra.sweeper.enqueue={point}")
+        assert r.returncode == 2 and message in r.stderr, r.stderr[-3000:]
+        assert not (tmp_path / "bad" / "0").exists()
+
+
 def test_grid_takes_the_plugins_range_values_and_runs_each_point_once(tmp_path):
     app = write_app(tmp_path, SPHERE, SPHERE_CONF.replace("x: range(-2, 2, step=0.5)", "x: range(-1.0, 1.0, step=1)"))
     r = run_app(app, f"hydra.sweep.dir={tmp_path / 's'}", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=10")

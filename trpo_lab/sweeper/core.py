@@ -81,6 +81,7 @@ class SeedStatus:
     PRUNED = "pruned"
     FAILED = "failed"
 CARRIED = "carried_seeds"  # a retry's user attr: {seed: outcome} of the seeds its interrupted trial finished
+ENQUEUED = "enqueued"  # a trial's user attr: it ran a point of hydra.sweeper.enqueue
 FIXED_ATTR = "fixed_settings"  # study user attr: {key: value} of the plain overrides every job got
 STUDY_MARK = ".trpo_optuna_study"  # in the sweep dir: the study whose results files the dir holds
 
@@ -104,7 +105,7 @@ class TrpoOptunaSweeperImpl:
     def __init__(self, *, study_name: Optional[str] = None, storage: Optional[str] = None, n_trials: int = 20,
                  n_jobs: Optional[int] = None, direction: Any = "minimize", objectives: Any = None,
                  sampler: Any = None, pruner: Any = None, params: Any = None, search_space: Any = None,
-                 custom_search_space: Optional[str] = None, seeds_per_trial: int = 1,
+                 custom_search_space: Optional[str] = None, enqueue: Any = None, seeds_per_trial: int = 1,
                  seed_key: Optional[str] = None, check_config: Optional[str] = None,
                  wandb_node: Optional[str] = None, max_failure_rate: float = 0.0,
                  heartbeat_interval: float = 10.0, grace_period: float = 60.0) -> None:
@@ -121,6 +122,7 @@ class TrpoOptunaSweeperImpl:
         self.params = _plain(params)
         self.search_space = _plain(search_space)
         self.custom_search_space = custom_search_space
+        self.enqueue = _plain(enqueue) or []
         self.seeds_per_trial = int(seeds_per_trial)
         self.seed_key = seed_key
         self.check_config = check_config
@@ -180,6 +182,7 @@ class TrpoOptunaSweeperImpl:
         base_args = [a for a in arguments if not parser.parse_overrides([a])[0].is_sweep_override()]
         base_args += [f"{k}={v}" for k, v in space.fixed.items()]
         self._check_composes(space, base_args)
+        points = self._points_to_enqueue(space)
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +195,8 @@ class TrpoOptunaSweeperImpl:
             self.budget_lock = BudgetLock(storage_url, self.study_name)
             with self.budget_lock():
                 self._fail_stale(study)
+                for point in points:  # once: a point some trial already has, in any state, is not queued again
+                    study.enqueue_trial(point, user_attrs={ENQUEUED: True}, skip_if_exists=True)
             self.heartbeat = Heartbeat(TrialStore(open_storage(storage_url), self.study_name),
                                        self.heartbeat_interval).start()
         except (StorageError, JournalCorrupt) as err:
@@ -314,6 +319,27 @@ class TrpoOptunaSweeperImpl:
         self._job_numbering(study)
         log.info("study %r in %s: %d trials so far", self.study_name, shown, len(study.trials))
         return study
+
+    def _points_to_enqueue(self, space: SearchSpace) -> list[dict[str, Any]]:
+        """hydra.sweeper.enqueue checked against the search space: points (e.g. published settings, to
+        warm-start the search) to run first. A point may name some of the parameters; the sampler
+        proposes the rest."""
+        if not isinstance(self.enqueue, list) or not all(isinstance(p, dict) for p in self.enqueue):
+            raise SweepError("hydra.sweeper.enqueue must be a list of points, each {parameter: value}")
+        points = []
+        for i, point in enumerate(self.enqueue):
+            for name, value in point.items():
+                dist = space.distributions.get(name)
+                if dist is None:
+                    close = difflib.get_close_matches(name, list(space.distributions), n=1, cutoff=0.6)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
+                    raise SweepError(f"hydra.sweeper.enqueue[{i}]: {name} is not a searched parameter{hint}; "
+                                     f"the searched ones are {', '.join(space.distributions)}")
+                if not _contains(dist, value):
+                    raise SweepError(f"hydra.sweeper.enqueue[{i}]: {name}={value!r} is outside its search "
+                                     f"space {dist}")
+            points.append(point)
+        return points
 
     def _check_fixed(self, study: optuna.Study, storage_url: str, base_args: list[str]) -> None:
         """Refuse to resume a study whose finished trials ran with other fixed settings: they would not compare."""
@@ -789,6 +815,13 @@ def _launcher_class(which: str) -> tuple[type, ...]:
         return (RayLauncher,)
     except ImportError:
         return ()
+
+
+def _contains(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
 
 
 def _bound(dist: optuna.distributions.BaseDistribution, end: int) -> Any:
