@@ -165,6 +165,11 @@ def test_enqueued_points_run_first_once_per_study_and_a_bad_point_is_refused(tmp
         r = run_app(app, f"hydra.sweep.dir={tmp_path / 'bad'}", f"hydra.sweeper.enqueue={point}")
         assert r.returncode == 2 and message in r.stderr, r.stderr[-3000:]
         assert not (tmp_path / "bad" / "0").exists()
+    assert "widen the range with a sweep override on the command line" in r.stderr
+    r = run_app(app, f"hydra.sweep.dir={tmp_path / 'wide'}", "hydra.sweeper.enqueue=[{x:7}]", "x=interval(-8, 8)",
+                "hydra.sweeper.n_trials=1")  # the hint's remedy: the widened range holds the point
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert study_of(tmp_path / "wide", "sphere").trials[0].params["x"] == 7.0
 
 
 def test_grid_takes_the_plugins_range_values_and_runs_each_point_once(tmp_path):

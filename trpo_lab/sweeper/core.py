@@ -337,7 +337,8 @@ class TrpoOptunaSweeperImpl:
                                      f"the searched ones are {', '.join(space.distributions)}")
                 if not _contains(dist, value):
                     raise SweepError(f"hydra.sweeper.enqueue[{i}]: {name}={value!r} is outside its search "
-                                     f"space {dist}")
+                                     f"space {dist}; widen the range with a sweep override on the command "
+                                     f"line (e.g. '{name}=interval(low, high)'), or drop the point")
             points.append(point)
         return points
 
