@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -151,6 +152,14 @@ def test_categorical_policy_reads_a_rollout_workers_record_of_beta():
 def test_policy_lag_0_reproduces_the_on_policy_runs_metrics_exactly(tmp_path):
     """The rows of runs made by the code before off-policy collection existed (commit 974485f),
     number for number: the lag and correction machinery changes nothing at policy_lag=0."""
+    from threadpoolctl import threadpool_info
+
+    kernels = {i.get("architecture") for i in threadpool_info()
+               if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")}
+    if platform.machine() != "x86_64":
+        pytest.skip("the recorded runs are x86-64's (OpenBLAS's Haswell kernels)")
+    assert kernels == {"Haswell"}, (f"numpy's OpenBLAS runs the {kernels} kernels: the recorded runs need "
+                                    "OPENBLAS_CORETYPE=Haswell before numpy loads (tests/conftest.py sets it)")
     golden = json.loads((REPO / "tests" / "data" / "sync_metrics_974485f.json").read_text())
     for env_id, expected in golden.items():
         summary = train_cfg(_cfg(env_id, seed=5, eval_every=2, policy_lag=0), tmp_path / env_id)
