@@ -154,10 +154,10 @@ def test_policy_lag_0_reproduces_the_on_policy_runs_metrics_exactly(tmp_path):
     number for number: the lag and correction machinery changes nothing at policy_lag=0."""
     from threadpoolctl import threadpool_info
 
-    kernels = {i.get("architecture") for i in threadpool_info()
-               if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")}
     if platform.machine() != "x86_64":
         pytest.skip("the recorded runs are x86-64's (OpenBLAS's Haswell kernels)")
+    kernels = {i.get("architecture") for i in threadpool_info()
+               if i.get("internal_api") == "openblas" and "numpy" in i.get("filepath", "")}
     assert kernels == {"Haswell"}, (f"numpy's OpenBLAS runs the {kernels} kernels: the recorded runs need "
                                     "OPENBLAS_CORETYPE=Haswell before numpy loads (tests/conftest.py sets it)")
     golden = json.loads((REPO / "tests" / "data" / "sync_metrics_974485f.json").read_text())
