@@ -149,3 +149,42 @@ def test_unknown_setting_suggests_the_closest_key():
 def test_free_form_kwargs_take_added_keys():
     cfg = to_config(_compose("env=hopper", "+env.kwargs.frame_skip=5"))
     assert cfg.env.kwargs == {"frame_skip": 5}
+
+
+ROOT = CONF.parents[1]
+TASKS = sorted(p.stem.removeprefix("zoo_") for p in (CONF / "experiment").glob("zoo_*.yaml"))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_tuned_preset_is_the_committed_study_trial_it_names(task, tmp_path):
+    """Each task with rl-zoo3's settings has a tuned preset whose comment names its journal, study
+    and trial; that trial is complete in the committed journal and the preset holds its values
+    (floats rounded, to within 2%: Hopper's preset has value_lr 6e-4 for its trial's 5.9e-4)."""
+    import re
+    import shutil
+
+    import optuna
+
+    from trpo_lab.report.discovery import load_studies
+
+    text = (CONF / "experiment" / f"{task}.yaml").read_text()
+    journal = re.search(r"results/studies/[\w.-]+\.journal", text).group(0)
+    study_name = re.search(r"study (tune-[\w.-]+)", text).group(1)
+    number = int(re.search(r"Trial (\d+) of", text).group(1))
+    copy = tmp_path / "study.journal"  # opening a journal may leave lock files beside it
+    shutil.copy(ROOT / journal, copy)
+    study = next(s for s in load_studies(f"journal:{copy}") if s.study_name == study_name)
+    trial = study.trials[number]
+    assert trial.state == optuna.trial.TrialState.COMPLETE, (task, number, trial.state)
+
+    preset = to_config(_compose(f"experiment={task}"))
+    for name, value in trial.params.items():
+        if name == "network":
+            assert preset.network.hidden == to_config(_compose(f"network={value}")).network.hidden, name
+            continue
+        group, key = name.split(".")
+        actual = getattr(getattr(preset, group), key)
+        if isinstance(value, float) and not float(value).is_integer():
+            assert actual == pytest.approx(value, rel=0.02), (name, value, actual)
+        else:
+            assert actual == value, (name, value, actual)
